@@ -1,0 +1,79 @@
+"""Settings, read from the environment once at the public boundary (never at import).
+
+Every key:
+
+``SHOAL_DATABASE_URL``
+    SQLAlchemy URL of the store. A plain path means a SQLite file; ``postgresql://`` URLs use the
+    psycopg 3 driver the project ships. Default ``sqlite:///shoal.db``.
+``SHOAL_BROKER_URL``
+    Celery broker for the background workers (from the dynamic-segmentation issue on). Empty means
+    tasks run in-process.
+``SHOAL_INGEST_BATCH_ROWS``
+    Rows per ingest batch (default 500000): bounds memory on large files.
+``SHOAL_FUTURE_TOLERANCE_HOURS``
+    How far past the wall clock an event timestamp may lie before it is quarantined (default 24).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from automation.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///shoal.db"
+
+
+def normalise_database_url(url: str) -> str:
+    """Turn what a user typed into a SQLAlchemy URL.
+
+    >>> normalise_database_url("shop.db")
+    'sqlite:///shop.db'
+    >>> normalise_database_url("postgresql://me@localhost:5432/shop")
+    'postgresql+psycopg://me@localhost:5432/shop'
+    """
+    url = url.strip()
+    if not url:
+        raise ConfigError("database URL is empty")
+    if "://" not in url:
+        return f"sqlite:///{Path(url)}"
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
+def _int_env(env: dict[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} should be an integer") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = ""
+    ingest_batch_rows: int = 500_000
+    future_tolerance_hours: int = 24
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        e = dict(os.environ if env is None else env)
+        values: dict[str, object] = {
+            "database_url": normalise_database_url(
+                e.get("SHOAL_DATABASE_URL") or DEFAULT_DATABASE_URL
+            ),
+            "broker_url": e.get("SHOAL_BROKER_URL", ""),
+            "ingest_batch_rows": _int_env(e, "SHOAL_INGEST_BATCH_ROWS", 500_000),
+            "future_tolerance_hours": _int_env(e, "SHOAL_FUTURE_TOLERANCE_HOURS", 24),
+        }
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = normalise_database_url(str(value)) if key == "database_url" else value
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""The store: engine and migrations, bulk writes, segmentation history."""

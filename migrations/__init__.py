@@ -1,0 +1,1 @@
+"""Alembic migrations of the Shoal store (applied automatically on first use)."""

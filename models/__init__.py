@@ -1,0 +1,25 @@
+"""SQLAlchemy 2.x models of the Shoal store, one module per aggregate, sharing one ``Base``.
+
+Every schema change is an Alembic migration in ``migrations/versions``; the store applies them on
+first use (see :func:`automation.store.db.open_store`).
+"""
+
+from models.base import Base
+from models.events import Event, IngestBatch, Quarantine
+from models.segments import Membership, Segment, Segmentation
+from models.users import Item, User, UserItem, UserOrder, UserStats
+
+__all__ = [
+    "Base",
+    "Event",
+    "IngestBatch",
+    "Item",
+    "Membership",
+    "Quarantine",
+    "Segment",
+    "Segmentation",
+    "User",
+    "UserItem",
+    "UserOrder",
+    "UserStats",
+]
