@@ -56,7 +56,11 @@ class IngestBatch(Base):
 
 
 class Quarantine(Base):
-    """A row that was not accepted, with its file, line, raw text and the reason."""
+    """A row that was not accepted, with its file, line, raw text and the reason.
+
+    ``fingerprint`` (a hash of source, line, reason and raw text) makes re-ingesting the same file
+    leave the quarantine as it was.
+    """
 
     __tablename__ = "quarantine"
 
@@ -67,3 +71,4 @@ class Quarantine(Base):
     reason: Mapped[str] = mapped_column(String(50), nullable=False, index=True)
     detail: Mapped[str | None] = mapped_column(Text)
     raw: Mapped[str | None] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(32), nullable=False, unique=True)

@@ -97,6 +97,8 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(length=50), nullable=False),
         sa.Column("detail", sa.Text(), nullable=True),
         sa.Column("raw", sa.Text(), nullable=True),
+        sa.Column("fingerprint", sa.String(length=32), nullable=False),
+        sa.UniqueConstraint("fingerprint", name=op.f("uq_quarantine_fingerprint")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_quarantine")),
     )
     with op.batch_alter_table("quarantine", schema=None) as batch_op:

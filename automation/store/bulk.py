@@ -1,0 +1,118 @@
+"""Set-wise bulk writes and reads: ``COPY`` on PostgreSQL, ``executemany`` on SQLite.
+
+Frames are converted column-wise with Arrow (no Python loop over rows on PostgreSQL; one tuple per
+row is what SQLite's DB-API needs). Timestamps are UTC; on SQLite they are stored as
+``YYYY-MM-DD HH:MM:SS.ffffff`` text, the format SQLAlchemy itself writes, so both paths agree.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from sqlalchemy import Connection, text
+
+SQLITE_TS = "%Y-%m-%d %H:%M:%S"
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def ids_to_hex(ids: np.ndarray) -> np.ndarray:
+    """(n, 16) uint8 ids as 32-character hex strings (what PostgreSQL's ``uuid`` accepts)."""
+    out = np.empty((len(ids), 32), dtype=np.uint8)
+    out[:, 0::2] = _HEX[ids >> 4]
+    out[:, 1::2] = _HEX[ids & 15]
+    return out.view("S32").ravel()
+
+
+def ids_to_bytes(ids: np.ndarray) -> list[bytes]:
+    flat = ids.tobytes()
+    return [flat[i : i + 16] for i in range(0, len(flat), 16)]
+
+
+def _arrow_column(s: pd.Series | np.ndarray) -> pa.Array:
+    if isinstance(s, np.ndarray) and s.ndim == 2:  # event ids
+        return pc.cast(pa.array(ids_to_hex(s)), pa.string())
+    ser = pd.Series(s) if isinstance(s, np.ndarray) else s
+    if isinstance(ser.dtype, pd.DatetimeTZDtype):
+        return pa.array(ser.astype("datetime64[us, UTC]"))
+    if ser.dtype == bool:
+        return pa.array(ser.to_numpy())
+    return pa.array(ser, from_pandas=True)
+
+
+def write_frame(conn: Connection, table: str, frame: dict[str, Any]) -> int:
+    """Append the columns of ``frame`` (name -> Series/array) to ``table``; returns rows written."""
+    cols = list(frame)
+    if not cols:
+        return 0
+    n = len(frame[cols[0]])
+    if n == 0:
+        return 0
+    if conn.dialect.name == "postgresql":
+        data = pa.table({c: _arrow_column(frame[c]) for c in cols})
+        buf = io.BytesIO()
+        pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=False))
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
+            f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT csv)"
+        ) as cp:
+            cp.write(buf.getbuffer())
+        return n
+    columns = [_sqlite_values(frame[c]) for c in cols]
+    sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cur = raw.cursor()
+    cur.executemany(sql, list(zip(*columns, strict=True)))
+    cur.close()
+    return n
+
+
+def _sqlite_values(s: pd.Series | np.ndarray) -> list[Any]:
+    if isinstance(s, np.ndarray) and s.ndim == 2:
+        return ids_to_bytes(s)
+    ser = pd.Series(s) if isinstance(s, np.ndarray) else s
+    if isinstance(ser.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(ser):
+        arr = pa.array(ser.astype("datetime64[us, UTC]").dt.tz_localize(None))
+        return pc.strftime(arr, format=SQLITE_TS).to_pylist()
+    if pd.api.types.is_float_dtype(ser):
+        a = ser.to_numpy(dtype="float64", na_value=np.nan)
+        return [None if v != v else v for v in a.tolist()]
+    if pd.api.types.is_integer_dtype(ser) or ser.dtype == bool:
+        return ser.tolist()
+    values = ser.to_numpy(dtype=object, na_value=None).tolist()
+    return [None if v is not None and v != v else v for v in values]
+
+
+def create_temp_like(conn: Connection, name: str, columns_sql: str) -> None:
+    """A fresh temporary table for this transaction's staging."""
+    conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
+    conn.execute(text(f"CREATE TEMPORARY TABLE {name} ({columns_sql})"))
+
+
+def read_frame(conn: Connection, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Run a query and return a DataFrame (``COPY ... TO STDOUT`` on PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        query = _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        buf = io.BytesIO()
+        with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
+            f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", params or None
+        ) as cp:
+            for chunk in cp:
+                buf.write(chunk)
+        buf.seek(0)
+        if buf.getbuffer().nbytes == 0:
+            return pd.DataFrame()
+        return pacsv.read_csv(buf).to_pandas()
+    result = conn.execute(text(sql), params or {})
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
