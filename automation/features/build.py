@@ -1,0 +1,236 @@
+"""Per-user features as of an event time, from the running aggregates (O(users), not O(events)).
+
+``as_of`` defaults to the newest event in the store (not the wall clock: historical data stays
+meaningful). An earlier ``as_of`` recomputes the aggregates from the events up to that time with
+the very statements the ingest path uses.
+
+Features (raw, before scaling; missing values handled as stated):
+
+``recency_days``        days since the last purchase; never purchased: days since first seen
+``frequency``           orders (distinct order ids among purchases)
+``monetary``            purchase revenue net of refunds (may be negative)
+``avg_order_value``     gross purchase revenue per order; 0 without orders
+``tenure_days``         days since the first event
+``interpurchase_days``  mean days between orders; fewer than 2 orders: the tenure (a lower bound)
+``distinct_items``      distinct items purchased
+``refund_rate``         refunded value / purchased value, clipped to [0, 1]
+``activity_trend``      (orders in the last 90 days - orders in the 90 before) / their sum, in
+                        [-1, 1]; 0 without orders in either window
+``n_views``, ``n_carts``, ``view_to_cart``, ``cart_to_purchase``   only where such events exist
+``rating_mean``         only where ratings exist
+``aff_<category>``      share of the user's interactions (views 1, carts 2, purchases 4) in each of
+                        the top categories, plus ``aff_other``; where items have no category,
+                        ``taste_1..k``: a truncated SVD of the user x item purchase matrix
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.decomposition import TruncatedSVD
+from sqlalchemy import Connection, text
+
+from automation.errors import EmptyStoreError
+from automation.features.aggregates import items_select, orders_select, stats_select
+from automation.store.bulk import SQLITE_TS, read_frame
+
+TREND_WINDOW = timedelta(days=90)
+TOP_CATEGORIES = 8
+TASTE_DIMS = 4
+DAY = np.timedelta64(1, "D")
+
+
+@dataclass
+class FeatureTable:
+    """Raw features (index ``user_key``), the users' external ids and the time they hold at."""
+
+    frame: pd.DataFrame
+    external_ids: pd.Series
+    as_of: pd.Timestamp
+    affinity: str  # "category", "taste" or "none"
+
+
+def ts_param(conn: Connection, ts: pd.Timestamp) -> object:
+    """A timestamp bind value both dialects compare correctly with stored times."""
+    utc = (
+        pd.Timestamp(ts).tz_convert("UTC")
+        if pd.Timestamp(ts).tzinfo
+        else pd.Timestamp(ts, tz="UTC")
+    )
+    if conn.dialect.name == "sqlite":
+        return utc.tz_localize(None).strftime(SQLITE_TS + ".%f")
+    return utc.to_pydatetime()
+
+
+def _utc(col: pd.Series) -> pd.Series:
+    return pd.to_datetime(col, utc=True, format="ISO8601")
+
+
+def latest_event_time(conn: Connection) -> pd.Timestamp:
+    value = conn.execute(text("SELECT MAX(last_ts) FROM user_stats")).scalar()
+    if value is None:
+        raise EmptyStoreError("the store has no events yet: run `shoal ingest FILE` first")
+    return pd.Timestamp(_utc(pd.Series([value])).iloc[0])
+
+
+def build_features(
+    conn: Connection, as_of: datetime | pd.Timestamp | None = None, random_state: int = 0
+) -> FeatureTable:
+    """Compute every user's features as of ``as_of`` (default: the newest event)."""
+    latest = latest_event_time(conn)
+    at = latest if as_of is None else pd.Timestamp(as_of)
+    if at.tzinfo is None:
+        at = at.tz_localize("UTC")
+    params = {"as_of": ts_param(conn, at)}
+    if at >= latest:
+        stats_src, orders_src, items_src = "user_stats", "user_orders", "user_items"
+    else:
+        past = "(SELECT * FROM events WHERE ts <= :as_of) e"
+        stats_src = f"({stats_select(past)})"
+        orders_src = f"({orders_select(past)})"
+        items_src = f"({items_select(past)})"
+    stats = read_frame(
+        conn,
+        f"SELECT s.*, u.external_id FROM {stats_src} s JOIN users u ON u.id = s.user_key",
+        params if stats_src != "user_stats" else None,
+    )
+    if stats.empty:
+        raise EmptyStoreError(f"no events at or before {at.isoformat()}")
+    w1 = ts_param(conn, at - TREND_WINDOW)
+    w2 = ts_param(conn, at - 2 * TREND_WINDOW)
+    orders = read_frame(
+        conn,
+        f"""SELECT user_key, COUNT(*) AS orders, MIN(ts) AS first_order, MAX(ts) AS last_order,
+                   SUM(revenue) AS order_revenue,
+                   SUM(CASE WHEN ts > :w1 THEN 1 ELSE 0 END) AS recent_orders,
+                   SUM(CASE WHEN ts > :w2 AND ts <= :w1 THEN 1 ELSE 0 END) AS prior_orders
+            FROM {orders_src} o WHERE TRUE GROUP BY user_key""",
+        {**(params if orders_src != "user_orders" else {}), "w1": w1, "w2": w2},
+    )
+    item_params = params if items_src != "user_items" else None
+    items = read_frame(
+        conn,
+        f"""SELECT user_key, SUM(CASE WHEN n_purchases > 0 THEN 1 ELSE 0 END) AS distinct_items
+            FROM {items_src} i WHERE TRUE GROUP BY user_key""",
+        item_params,
+    )
+    frame = _compose(stats, orders, items, at)
+    affinity, kind = _affinity(conn, items_src, item_params, frame.index, random_state)
+    if affinity is not None:
+        frame = frame.join(affinity).fillna({c: 0.0 for c in affinity.columns})
+    ext = stats.set_index("user_key")["external_id"].astype("str").reindex(frame.index)
+    return FeatureTable(frame=frame, external_ids=ext, as_of=at, affinity=kind)
+
+
+def _days(delta: pd.Series) -> pd.Series:
+    return delta / pd.Timedelta(days=1)
+
+
+def _compose(
+    stats: pd.DataFrame, orders: pd.DataFrame, items: pd.DataFrame, at: pd.Timestamp
+) -> pd.DataFrame:
+    s = stats.set_index("user_key").sort_index()
+    o = orders.set_index("user_key").reindex(s.index)
+    it = items.set_index("user_key").reindex(s.index)
+    first_ts = _utc(s["first_ts"])
+    last_purchase = _utc(s["last_purchase_ts"])
+    n_orders = o["orders"].fillna(0).astype("float64")
+    tenure = _days(at - first_ts).clip(lower=0)
+    recency = _days(at - last_purchase).clip(lower=0).fillna(tenure)
+    gross = s["purchase_revenue"].astype("float64")
+    refunds = s["refund_revenue"].astype("float64")
+    span = _days(_utc(o["last_order"]) - _utc(o["first_order"]))
+    inter = (span / (n_orders - 1)).where(n_orders >= 2).fillna(tenure)
+    recent = o["recent_orders"].fillna(0).astype("float64")
+    prior = o["prior_orders"].fillna(0).astype("float64")
+    both = recent + prior
+    f = pd.DataFrame(index=s.index)
+    f["recency_days"] = recency
+    f["frequency"] = n_orders
+    f["monetary"] = gross - refunds
+    f["avg_order_value"] = (o["order_revenue"].fillna(0) / n_orders.where(n_orders > 0)).fillna(0.0)
+    f["tenure_days"] = tenure
+    f["interpurchase_days"] = inter
+    f["distinct_items"] = it["distinct_items"].fillna(0).astype("float64")
+    f["refund_rate"] = np.where(
+        gross > 0, (refunds / gross.where(gross > 0)).clip(0, 1), np.where(refunds > 0, 1.0, 0.0)
+    )
+    f["activity_trend"] = ((recent - prior) / both.where(both > 0)).fillna(0.0)
+    views = s["n_views"].astype("float64")
+    carts = s["n_carts"].astype("float64")
+    if views.sum() > 0:
+        f["n_views"] = views
+        f["view_to_cart"] = (carts / views.where(views > 0)).clip(0, 1).fillna(0.0)
+    if carts.sum() > 0:
+        f["n_carts"] = carts
+        f["cart_to_purchase"] = (
+            (s["n_purchases"].astype("float64") / carts.where(carts > 0)).clip(0, 1).fillna(0.0)
+        )
+    if s["n_ratings"].sum() > 0:
+        n_r = s["n_ratings"].astype("float64")
+        f["rating_mean"] = (s["rating_sum"] / n_r.where(n_r > 0)).fillna(0.0)
+    return f.astype("float64")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")[:40] or "unnamed"
+
+
+def _affinity(
+    conn: Connection,
+    items_src: str,
+    params: dict[str, object] | None,
+    users: pd.Index,
+    random_state: int,
+) -> tuple[pd.DataFrame | None, str]:
+    has_cat = conn.execute(text("SELECT 1 FROM items WHERE category IS NOT NULL LIMIT 1")).scalar()
+    if has_cat:
+        w = read_frame(
+            conn,
+            f"""SELECT ui.user_key, it.category,
+                       SUM(ui.n_views + 2 * ui.n_carts + 4 * ui.n_purchases) AS w
+                FROM {items_src} ui JOIN items it ON it.id = ui.item_key
+                WHERE it.category IS NOT NULL GROUP BY ui.user_key, it.category""",
+            params,
+        )
+        if w.empty:
+            return None, "none"
+        top = w.groupby("category")["w"].sum().nlargest(TOP_CATEGORIES).index
+        w["col"] = np.where(w["category"].isin(top), "aff_" + w["category"].map(_slug), "aff_other")
+        wide = w.pivot_table(index="user_key", columns="col", values="w", aggfunc="sum")
+        wide = wide.reindex(users).fillna(0.0)
+        total = wide.sum(axis=1)
+        return wide.div(total.where(total > 0), axis=0).fillna(0.0), "category"
+    ui = read_frame(
+        conn,
+        f"""SELECT ui.user_key, ui.item_key, ui.n_purchases FROM {items_src} ui
+            JOIN items it ON it.id = ui.item_key
+            WHERE ui.n_purchases > 0 AND it.is_product = TRUE""",
+        params,
+    )
+    if ui.empty or ui["item_key"].nunique() <= TASTE_DIMS:
+        return None, "none"
+    rows = users.get_indexer(ui["user_key"])
+    keep = rows >= 0
+    cols, _ = pd.factorize(ui["item_key"][keep])
+    n_items = int(cols.max()) + 1
+    m = sp.csr_matrix(
+        (np.log1p(ui["n_purchases"].to_numpy(dtype="float64")[keep]), (rows[keep], cols)),
+        shape=(len(users), n_items),
+    )
+    idf = np.log((1 + len(users)) / (1 + np.bincount(cols, minlength=n_items))) + 1
+    m = m @ sp.diags(idf)
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    m = sp.diags(1 / np.where(norms > 0, norms, 1)) @ m
+    svd = TruncatedSVD(n_components=TASTE_DIMS, random_state=random_state, algorithm="arpack")
+    z = svd.fit_transform(m)
+    # Fix each component's sign so the same data always gives the same coordinates.
+    z *= np.sign(z.sum(axis=0) + 1e-12)
+    return pd.DataFrame(
+        z, index=users, columns=[f"taste_{i + 1}" for i in range(TASTE_DIMS)]
+    ), "taste"
