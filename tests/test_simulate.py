@@ -177,9 +177,9 @@ def test_new_customers_appear_late_and_dormant_go_quiet(small: Simulation) -> No
     assert len(new) > 0
     assert new.groupby("user_id", observed=True)["day"].min().min() >= 24
     dormant = ev[ev["persona"] == "dormant"]
-    early = (dormant["day"] < 12).sum()
-    late = (dormant["day"] >= 15).sum()
-    assert late < 0.1 * early
+    early_per_day = (dormant["day"] < 4).sum() / 4  # every dormant user is active until day 4
+    late_per_day = (dormant["day"] >= 16).sum() / 14
+    assert late_per_day < 0.1 * early_per_day
 
 
 def test_personas_behave_as_described(shifted: Simulation) -> None:
@@ -261,9 +261,9 @@ def test_promo_raises_purchase_rate() -> None:
     before = (buys["day"] < day).sum() / day
     after = (buys["day"] >= day).sum() / (60 - day)
     assert after > 2 * before
-    others = ev[(ev["type"] == "purchase") & (ev["persona"] == "browser")]
+    others = ev[(ev["type"] == "view") & (ev["persona"] == "browser")]
     ratio = ((others["day"] >= day).sum() / (60 - day)) / ((others["day"] < day).sum() / day)
-    assert 0.5 < ratio < 1.5
+    assert 0.7 < ratio < 1.4
 
 
 def test_emerging_customers_arrive_and_buy_gifts(shifted: Simulation) -> None:
@@ -379,7 +379,9 @@ def test_writer_rejects_unknown_format(small: Simulation, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_one_million_users() -> None:
+def test_one_million_users(request: pytest.FixtureRequest) -> None:
+    if "slow" not in str(request.config.getoption("markexpr", "")):
+        pytest.skip("large run: select it with -m slow")
     began = time.perf_counter()
     sim = simulate(n_users=1_000_000, days=90)
     elapsed = time.perf_counter() - began

@@ -79,9 +79,16 @@ def latest_event_time(conn: Connection) -> pd.Timestamp:
 
 
 def build_features(
-    conn: Connection, as_of: datetime | pd.Timestamp | None = None, random_state: int = 0
+    conn: Connection,
+    as_of: datetime | pd.Timestamp | None = None,
+    random_state: int = 0,
+    user_keys: list[int] | None = None,
 ) -> FeatureTable:
-    """Compute every user's features as of ``as_of`` (default: the newest event)."""
+    """Compute every user's features as of ``as_of`` (default: the newest event).
+
+    With ``user_keys``, only those users' features are computed (a support lookup); the
+    taste coordinates, which need every user, are then left out.
+    """
     latest = latest_event_time(conn)
     at = latest if as_of is None else pd.Timestamp(as_of)
     if at.tzinfo is None:
@@ -94,9 +101,11 @@ def build_features(
         stats_src = f"({stats_select(past)})"
         orders_src = f"({orders_select(past)})"
         items_src = f"({items_select(past)})"
+    only = f" AND user_key IN ({', '.join(str(int(k)) for k in user_keys)})" if user_keys else ""
     stats = read_frame(
         conn,
-        f"SELECT s.*, u.external_id FROM {stats_src} s JOIN users u ON u.id = s.user_key",
+        f"SELECT s.*, u.external_id FROM {stats_src} s JOIN users u ON u.id = s.user_key"
+        f" WHERE TRUE{only}",
         params if stats_src != "user_stats" else None,
     )
     if stats.empty:
@@ -109,18 +118,26 @@ def build_features(
                    SUM(revenue) AS order_revenue,
                    SUM(CASE WHEN ts > :w1 THEN 1 ELSE 0 END) AS recent_orders,
                    SUM(CASE WHEN ts > :w2 AND ts <= :w1 THEN 1 ELSE 0 END) AS prior_orders
-            FROM {orders_src} o WHERE TRUE GROUP BY user_key""",
+            FROM {orders_src} o WHERE TRUE{only} GROUP BY user_key""",
         {**(params if orders_src != "user_orders" else {}), "w1": w1, "w2": w2},
     )
     item_params = params if items_src != "user_items" else None
     items = read_frame(
         conn,
         f"""SELECT user_key, SUM(CASE WHEN n_purchases > 0 THEN 1 ELSE 0 END) AS distinct_items
-            FROM {items_src} i WHERE TRUE GROUP BY user_key""",
+            FROM {items_src} i WHERE TRUE{only} GROUP BY user_key""",
         item_params,
     )
     frame = _compose(stats, orders, items, at)
-    affinity, kind = _affinity(conn, items_src, item_params, frame.index, random_state)
+    affinity, kind = _affinity(
+        conn,
+        items_src,
+        item_params,
+        frame.index,
+        random_state,
+        only.replace("user_key", "ui.user_key"),
+        taste=not user_keys,
+    )
     if affinity is not None:
         frame = frame.join(affinity).fillna({c: 0.0 for c in affinity.columns})
     ext = stats.set_index("user_key")["external_id"].astype("str").reindex(frame.index)
@@ -187,6 +204,8 @@ def _affinity(
     params: dict[str, object] | None,
     users: pd.Index,
     random_state: int,
+    only: str = "",
+    taste: bool = True,
 ) -> tuple[pd.DataFrame | None, str]:
     has_cat = conn.execute(text("SELECT 1 FROM items WHERE category IS NOT NULL LIMIT 1")).scalar()
     if has_cat:
@@ -195,7 +214,7 @@ def _affinity(
             f"""SELECT ui.user_key, it.category,
                        SUM(ui.n_views + 2 * ui.n_carts + 4 * ui.n_purchases) AS w
                 FROM {items_src} ui JOIN items it ON it.id = ui.item_key
-                WHERE it.category IS NOT NULL GROUP BY ui.user_key, it.category""",
+                WHERE it.category IS NOT NULL{only} GROUP BY ui.user_key, it.category""",
             params,
         )
         if w.empty:
@@ -206,6 +225,8 @@ def _affinity(
         wide = wide.reindex(users).fillna(0.0)
         total = wide.sum(axis=1)
         return wide.div(total.where(total > 0), axis=0).fillna(0.0), "category"
+    if not taste:
+        return None, "none"
     ui = read_frame(
         conn,
         f"""SELECT ui.user_key, ui.item_key, ui.n_purchases FROM {items_src} ui

@@ -1,11 +1,53 @@
-"""Ward hierarchical segmenter (fitted on a sample, extended by nearest centre)."""
+"""Ward hierarchical segmenter (fitted on a sample, extended by nearest centre).
+
+The merge tree is the one :class:`sklearn.cluster.AgglomerativeClustering` (``linkage="ward"``,
+no connectivity) builds, computed with the same SciPy routine it calls, and cut at
+``n_segments`` exactly as sklearn cuts it. The last few trees are cached by a digest of the data,
+so :func:`~automation.segments.select_k.select_k` cuts every K from one tree per (re)sample
+instead of rebuilding an O(n^2) tree per K.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
+
 import numpy as np
-from sklearn.cluster import AgglomerativeClustering
+from scipy.cluster.hierarchy import ward
 
 from automation.segments.base import BaseSegmenter, FloatArray, IntArray
+
+_CACHE_SIZE = 8
+_TREES: OrderedDict[tuple[tuple[int, ...], str], FloatArray] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def ward_linkage(X: FloatArray) -> FloatArray:
+    """SciPy Ward linkage matrix of ``X`` (cached on a digest of the data)."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    key = (X.shape, hashlib.blake2b(X.tobytes(), digest_size=16).hexdigest())
+    with _LOCK:
+        if key in _TREES:
+            _TREES.move_to_end(key)
+            return _TREES[key]
+    tree = np.asarray(ward(X), dtype=np.float64)
+    with _LOCK:
+        _TREES[key] = tree
+        while len(_TREES) > _CACHE_SIZE:
+            _TREES.popitem(last=False)
+    return tree
+
+
+def cut_linkage(tree: FloatArray, n_clusters: int) -> IntArray:
+    """Flat labels ``0..n_clusters-1`` after undoing the last ``n_clusters - 1`` merges."""
+    n = tree.shape[0] + 1
+    n_merges = n - n_clusters
+    root = np.arange(2 * n - 1)
+    children = tree[:n_merges, :2].astype(np.int64)
+    for j in range(n_merges - 1, -1, -1):
+        root[children[j]] = root[n + j]
+    return np.unique(root[:n], return_inverse=True)[1].astype(np.int64)
 
 
 class WardSegmenter(BaseSegmenter):
@@ -51,5 +93,4 @@ class WardSegmenter(BaseSegmenter):
         self.sample_size = sample_size
 
     def _fit_rows(self, X: FloatArray) -> IntArray:
-        model = AgglomerativeClustering(n_clusters=self.n_segments, linkage="ward").fit(X)
-        return np.asarray(model.labels_, dtype=np.int64)
+        return cut_linkage(ward_linkage(X), int(self.n_segments or 2))

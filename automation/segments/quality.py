@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import (
     adjusted_rand_score,
     calinski_harabasz_score,
     davies_bouldin_score,
-    silhouette_score,
 )
 
 from automation.errors import ValidationError
@@ -27,11 +28,78 @@ def _opt(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+def silhouette_many(
+    X: FloatArray,
+    labelings: Sequence[IntArray],
+    *,
+    random_state: int | None = 0,
+    sample_size: int = 10_000,
+) -> list[float | None]:
+    """Mean silhouette of several labelings of the same rows, sharing one distance pass.
+
+    All labelings are scored on the same seeded sample of at most ``sample_size`` rows; noise
+    (``-1``) rows are left out of each labeling's score. Distances are computed in blocks of
+    rows, so memory stays ``O(block * sample_size)``. ``None`` when fewer than 2 segments (or
+    no non-singleton segment) remain. Matches :func:`sklearn.metrics.silhouette_score`.
+    """
+    n = X.shape[0]
+    idx = np.arange(n)
+    if n > sample_size:
+        idx = np.sort(
+            np.random.default_rng(random_state).choice(n, size=sample_size, replace=False)
+        )
+    Xs = X[idx]
+    m = len(idx)
+    blocks, offsets = [], [0]
+    for labels in labelings:
+        lab = np.asarray(labels, dtype=np.int64)[idx]
+        present, inv = np.unique(lab[lab != NOISE], return_inverse=True)
+        onehot = np.zeros((m, len(present)))
+        onehot[np.flatnonzero(lab != NOISE), inv] = 1.0
+        blocks.append(onehot)
+        offsets.append(offsets[-1] + len(present))
+    onehots = np.hstack(blocks) if blocks else np.zeros((m, 0))
+    sums = np.empty((m, onehots.shape[1]))
+    sq = np.einsum("ij,ij->i", Xs, Xs)
+    step = max(1, 4_000_000 // max(m, 1))
+    for start in range(0, m, step):
+        stop = min(start + step, m)
+        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (Xs[start:stop] @ Xs.T)
+        d = np.sqrt(np.maximum(d2, 0.0))
+        d[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        sums[start:stop] = d @ onehots
+    out: list[float | None] = []
+    for j, onehot in enumerate(blocks):
+        cols = slice(offsets[j], offsets[j + 1])
+        rows = onehot.sum(axis=1) > 0
+        sizes = onehot.sum(axis=0)
+        if len(sizes) < 2 or not (sizes > 1).any():
+            out.append(None)
+            continue
+        own = onehot[rows].argmax(axis=1)
+        s = sums[rows, cols]
+        n_own = sizes[own]
+        a = s[np.arange(len(own)), own] / np.maximum(n_own - 1, 1)
+        mean_other = s / sizes
+        mean_other[np.arange(len(own)), own] = np.inf
+        b = mean_other.min(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sil = np.where(n_own > 1, (b - a) / np.maximum(a, b), 0.0)
+        out.append(_opt(float(np.nan_to_num(sil).mean())))
+    return out
+
+
 def cluster_metrics(
-    X: FloatArray, labels: IntArray, *, random_state: int | None = 0, sample_size: int = 10_000
+    X: FloatArray,
+    labels: IntArray,
+    *,
+    random_state: int | None = 0,
+    sample_size: int = 10_000,
+    silhouette: bool = True,
 ) -> dict[str, float | None]:
-    """Silhouette (on a seeded sample of at most ``sample_size`` rows), Davies-Bouldin and
-    Calinski-Harabasz over the non-noise rows; ``None`` where undefined (fewer than 2 segments)."""
+    """Silhouette (on a seeded sample of at most ``sample_size`` rows; skipped, i.e. ``None``,
+    with ``silhouette=False``), Davies-Bouldin and Calinski-Harabasz over the non-noise rows;
+    ``None`` where undefined (fewer than 2 segments)."""
     keep = labels != NOISE
     Xk, lk = X[keep], labels[keep]
     out: dict[str, float | None] = {
@@ -44,13 +112,10 @@ def cluster_metrics(
         return out
     out["davies_bouldin"] = _opt(davies_bouldin_score(Xk, lk))
     out["calinski_harabasz"] = _opt(calinski_harabasz_score(Xk, lk))
-    if len(lk) > sample_size:
-        rng = np.random.default_rng(random_state)
-        idx = np.sort(rng.choice(len(lk), size=sample_size, replace=False))
-        Xk, lk = Xk[idx], lk[idx]
-    n_labels = len(np.unique(lk))
-    if 2 <= n_labels < len(lk):
-        out["silhouette"] = _opt(silhouette_score(Xk, lk))
+    if silhouette:
+        out["silhouette"] = silhouette_many(
+            Xk, [lk], random_state=random_state, sample_size=sample_size
+        )[0]
     return out
 
 
@@ -97,7 +162,10 @@ def stability_ari(
     scores = []
     for _ in range(n_bootstrap):
         idx = rng.integers(0, n, size=n)
-        est = make_estimator(int(rng.integers(2**31 - 1))).fit(X[idx])
+        with warnings.catch_warnings():
+            # resamples repeat rows; on tiny data fewer distinct rows than K is expected
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est = make_estimator(int(rng.integers(2**31 - 1))).fit(X[idx])
         rows = X[np.unique(idx)]
         scores.append(adjusted_rand_score(ref.predict(rows), est.predict(rows)))
     return float(np.mean(scores))

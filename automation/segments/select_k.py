@@ -12,7 +12,7 @@ import pandas as pd
 
 from automation.errors import ValidationError
 from automation.segments.base import FloatArray, _check_int, as_matrix
-from automation.segments.quality import cluster_metrics, stability_ari
+from automation.segments.quality import cluster_metrics, silhouette_many, stability_ari
 from automation.segments.registry import METHODS, make_segmenter
 
 #: criterion column -> (label used in the reason, True when higher is better)
@@ -133,13 +133,12 @@ def select_k(
         raise ValidationError(
             f"k_range={requested} has no K in [2, n_users - 1 = {X.shape[0] - 1}]"
         )
-    rows = []
+    rows, labelings = [], []
     for k in ks:
         seg = make_segmenter(method, k, random_state, **params).fit(fit_rows)
+        labelings.append(seg.labels_)
         row: dict[str, Any] = {"k": k}
-        metrics = cluster_metrics(
-            fit_rows, seg.labels_, random_state=random_state, sample_size=sample_size
-        )
+        metrics = cluster_metrics(fit_rows, seg.labels_, silhouette=False)
         row.update({m: np.nan if v is None else v for m, v in metrics.items()})
         row["stability_ari"] = stability_ari(
             partial(make_segmenter, method, k, **params),
@@ -149,7 +148,12 @@ def select_k(
             reference=seg,
         )
         rows.append(row)
+    silhouettes = silhouette_many(
+        fit_rows, labelings, random_state=random_state, sample_size=sample_size
+    )
     table = pd.DataFrame(rows)
+    table["silhouette"] = [np.nan if v is None else v for v in silhouettes]
+    table = table[["k", *CRITERIA]]
     for col, (_, higher) in CRITERIA.items():
         rank = table[col].rank(ascending=not higher, method="min", na_option="bottom")
         table[f"{col}_rank"] = rank.astype(int)

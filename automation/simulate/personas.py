@@ -11,8 +11,8 @@ refund probabilities, price tilt):
 =====================  =====  =====  =====  =====  ======  ========  ======  =====
 persona                share  rate   views  cart   remove  checkout  refund  tilt
 =====================  =====  =====  =====  =====  ======  ========  ======  =====
-loyal_high_spender     0.10   0.20   5      0.35   0.10    0.85      0.02    +1.2
-bargain_hunter         0.20   0.08   6      0.18   0.35    0.45      0.05    -1.2
+loyal_high_spender     0.10   0.20   5      0.35   0.10    0.85      0.02    +1.5
+bargain_hunter         0.20   0.08   6      0.18   0.35    0.45      0.05    -1.5
 browser                0.25   0.08   8      0.04   0.50    0.20      0.04     0.0
 new_customer           0.10   0.15   5      0.15   0.30    0.45      0.05     0.0
 dormant                0.25   0.12   5      0.15   0.25    0.55      0.04     0.0
@@ -134,13 +134,13 @@ def base_personas() -> tuple[Persona, ...]:
     """The six personas present from day 0, in a fixed order (their index is their code)."""
     return (
         Persona(
-            "loyal_high_spender", 0.10, 0.20, 5.0, 0.35, 0.10, 0.85, 0.3, 0.02, 0.30, 0.3, 1.2,
-            (("electronics", 3.0), ("jewellery", 2.5), ("home", 1.5), ("fashion", 1.5),
-             ("grocery", 0.5), ("books", 0.6), ("toys", 0.6)),
+            "loyal_high_spender", 0.10, 0.20, 5.0, 0.35, 0.10, 0.85, 0.3, 0.02, 0.30, 0.3, 1.5,
+            (("electronics", 5.0), ("jewellery", 4.0), ("home", 2.0), ("fashion", 1.5),
+             ("grocery", 0.3), ("books", 0.3), ("toys", 0.3), ("beauty", 0.5)),
             description="frequent sessions, buys often, expensive items, rarely refunds",
         ),
         Persona(
-            "bargain_hunter", 0.20, 0.08, 6.0, 0.18, 0.35, 0.45, 0.7, 0.05, 0.15, 0.0, -1.2,
+            "bargain_hunter", 0.20, 0.08, 6.0, 0.18, 0.35, 0.45, 0.7, 0.05, 0.15, 0.0, -1.5,
             (("grocery", 3.0), ("beauty", 2.0), ("books", 1.5), ("toys", 1.5),
              ("electronics", 0.4), ("jewellery", 0.2)),
             description="cheap items, many removes, buys in bulk, promo sensitive",
@@ -195,11 +195,18 @@ def premium(p: Persona) -> Persona:
     return p.changed(
         name=f"{p.name}_premium",
         share=0.0,
-        price_tilt=p.price_tilt + 1.8,
+        price_tilt=p.price_tilt + 2.5,
         remove_p=0.25,
         checkout_p=0.55,
         extra_quantity=0.2,
-        affinity=(("fashion", 2.0), ("home", 2.0), ("electronics", 1.2), ("jewellery", 1.0)),
+        affinity=(
+            ("fashion", 2.0),
+            ("home", 2.0),
+            ("electronics", 2.0),
+            ("jewellery", 1.5),
+            ("grocery", 0.3),
+            ("books", 0.5),
+        ),  # fmt: skip
         description=f"half of {p.name} moving to pricier items",
     )
 

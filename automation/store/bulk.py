@@ -61,9 +61,12 @@ def write_frame(conn: Connection, table: str, frame: dict[str, Any]) -> int:
         pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=False))
         raw = conn.connection.dbapi_connection
         assert raw is not None
-        with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
-            f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT csv)"
-        ) as cp:
+        with (
+            raw.cursor() as cur,
+            cur.copy(  # type: ignore[attr-defined]
+                f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT csv)"
+            ) as cp,
+        ):
             cp.write(buf.getbuffer())
         return n
     columns = [_sqlite_values(frame[c]) for c in cols]
@@ -105,9 +108,12 @@ def read_frame(conn: Connection, sql: str, params: dict[str, Any] | None = None)
         raw = conn.connection.dbapi_connection
         assert raw is not None
         buf = io.BytesIO()
-        with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
-            f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", params or None
-        ) as cp:
+        with (
+            raw.cursor() as cur,
+            cur.copy(  # type: ignore[attr-defined]
+                f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", params or None
+            ) as cp,
+        ):
             for chunk in cp:
                 buf.write(chunk)
         buf.seek(0)

@@ -1,0 +1,279 @@
+"""``shoal``: a thin command line over :mod:`automation.api`.
+
+Domain errors become one line on stderr (or one JSON object ``{"error", "message"}`` with
+``--json``) and exit code 1; usage errors exit 2. Long work shows a progress bar on a terminal and
+stays quiet with ``--json`` or when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import pandas as pd
+from sqlalchemy.exc import SQLAlchemyError
+from tqdm import tqdm
+
+from automation import api
+from automation.errors import InputError, ShoalError
+from automation.report.text import segment_table
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _emit_error(err: ShoalError, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(err.to_dict()))
+    else:
+        click.echo(f"shoal: error: {err}", err=True)
+
+
+@contextmanager
+def _errors(as_json: bool) -> Iterator[None]:
+    """Domain and database errors -> one line (or JSON) and exit 1, never a traceback."""
+    try:
+        yield
+    except ShoalError as err:
+        _emit_error(err, as_json)
+        sys.exit(1)
+    except SQLAlchemyError as err:
+        orig = getattr(err, "orig", None) or err
+        _emit_error(ShoalError(f"database error: {str(orig).splitlines()[0]}"), as_json)
+        sys.exit(1)
+
+
+def _interactive(as_json: bool) -> bool:
+    return not as_json and sys.stderr.isatty()
+
+
+def db_option(f: F) -> F:
+    return click.option(
+        "--db",
+        "db",
+        default=None,
+        metavar="URL",
+        help="SQLAlchemy URL or SQLite path (default: $SHOAL_DATABASE_URL or sqlite:///shoal.db).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="shoal")
+def main() -> None:
+    """Shoal: behavioural customer segments that stay true while customers change."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@db_option
+@click.option("--preset", default=None, help="Column preset: online-retail or segment.")
+@click.option(
+    "--map", "maps", multiple=True, metavar="FIELD=COLUMN", help="Take a field from a column."
+)
+@click.option(
+    "--set", "sets", multiple=True, metavar="FIELD=VALUE", help="Give a field a constant."
+)
+@json_option
+def ingest(
+    files: tuple[str, ...],
+    db: str | None,
+    preset: str | None,
+    maps: tuple[str, ...],
+    sets: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Ingest event files (CSV, CSV.gz, JSON lines, Parquet); bad rows go to quarantine."""
+    with _errors(as_json):
+        for f in files:
+            if not Path(f).exists():
+                raise InputError(f"{f}: no such file")
+        engine = api.connect(db)
+        bar = tqdm(
+            unit=" rows", unit_scale=True, disable=not _interactive(as_json), file=sys.stderr
+        )
+        with bar:
+            report = api.ingest(engine, files, preset, maps, sets, progress=bar.update)
+    data = report.to_dict()
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(
+        f"read {data['read']:,}  accepted {data['accepted']:,}  duplicates {data['duplicates']:,}"
+        f"  quarantined {data['quarantined']:,}  ({data['seconds']} s)"
+    )
+    for reason, n in data["quarantine_reasons"].items():
+        click.echo(f"  quarantined {n:,} rows: {reason}")
+
+
+@main.command()
+@db_option
+@click.option(
+    "--method",
+    default="kmeans",
+    show_default=True,
+    type=click.Choice(["kmeans", "minibatch", "gmm", "ward", "hdbscan"]),
+)
+@click.option("--k", "k", default="auto", show_default=True, help="'auto' or a number of segments.")
+@click.option(
+    "--as-of", "as_of", default=None, help="Segment as of this date (default: newest event)."
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@json_option
+def segment(
+    db: str | None, method: str, k: str, as_of: str | None, seed: int, as_json: bool
+) -> None:
+    """Segment every user from their behaviour and store a new segmentation version."""
+    with _errors(as_json):
+        engine = api.connect(db)
+        bar = tqdm(total=4, disable=not _interactive(as_json), file=sys.stderr, leave=False)
+        with bar:
+
+            def step(msg: str) -> None:
+                bar.set_description(msg)
+                bar.update(1)
+
+            result = api.segment(engine, method, k, as_of, seed, progress=step)
+    data = result.to_dict()
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(segment_table(data))
+    if result.k_selection:
+        click.echo(f"\nK: {result.k_selection['reason']}")
+
+
+@main.command()
+@db_option
+@click.option("--as-of", "as_of", default=None, help="The segmentation in force at this date.")
+@json_option
+def segments(db: str | None, as_of: str | None, as_json: bool) -> None:
+    """Show the current segmentation (or the one in force at --as-of)."""
+    with _errors(as_json):
+        data = api.segments(api.connect(db), as_of)
+    if as_json:
+        _print_json(data)
+    else:
+        click.echo(segment_table(data))
+
+
+@main.command()
+@click.argument("user_id")
+@db_option
+@json_option
+def user(user_id: str, db: str | None, as_json: bool) -> None:
+    """Show a user's features, current segment and segment history."""
+    with _errors(as_json):
+        data = api.user(api.connect(db), user_id)
+    if as_json:
+        _print_json(data)
+        return
+    seg = data["segment"]
+    click.echo(f"user {data['user_id']} (as of {data['as_of']})")
+    click.echo(f"segment: {seg['id']} {seg['name']}" if seg else "segment: (not segmented yet)")
+    for name, value in data["features"].items():
+        click.echo(f"  {name:<20} {value:,.2f}")
+    if data["history"]:
+        click.echo("history:")
+        for h in data["history"]:
+            click.echo(
+                f"  v{h['version']} from {h['valid_from']}: {h['segment_id']} {h['segment_name']}"
+            )
+
+
+@main.command()
+@db_option
+@click.option("--as-of", "as_of", default=None, help="Assignments in force at this date.")
+@click.option(
+    "--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV or Parquet file."
+)
+@json_option
+def assignments(db: str | None, as_of: str | None, out: str, as_json: bool) -> None:
+    """Write every user's segment id and name to a CSV or Parquet file."""
+    with _errors(as_json):
+        suffix = Path(out).suffix.lower()
+        if suffix not in (".csv", ".parquet", ".pq"):
+            raise InputError(f"--out {out}: use a .csv or .parquet file name")
+        frame = api.assignments(api.connect(db), as_of)
+        frame["valid_from"] = pd.to_datetime(frame["valid_from"], utc=True, format="ISO8601")
+        if suffix == ".csv":
+            frame.to_csv(out, index=False)
+        else:
+            frame.to_parquet(out, index=False)
+    summary = {"out": out, "rows": len(frame), "segments": int(frame["segment_id"].nunique())}
+    if as_json:
+        _print_json(summary)
+    else:
+        click.echo(f"wrote {summary['rows']:,} users in {summary['segments']} segments to {out}")
+
+
+@main.command()
+@db_option
+@click.option("--samples", default=3, show_default=True, type=int)
+@json_option
+def quarantine(db: str | None, samples: int, as_json: bool) -> None:
+    """Show quarantined rows: counts by reason, with samples."""
+    with _errors(as_json):
+        data = api.quarantine(api.connect(db), samples)
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(f"{data['total']:,} quarantined rows")
+    for r in data["reasons"]:
+        click.echo(f"  {r['count']:>10,}  {r['reason']}")
+        for s in r["samples"]:
+            click.echo(
+                f"              {s['source']}:{s['line']}  {s['detail']}  | {str(s['raw'])[:80]}"
+            )
+
+
+@main.command()
+@db_option
+@click.option(
+    "--report", "report", default="shoal-report.html", show_default=True, help="HTML report path."
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@json_option
+def demo(db: str | None, report: str, seed: int, as_json: bool) -> None:
+    """Ingest the bundled Online Retail data, segment it, print the table, write a report."""
+    from automation.report.html import write_report
+
+    with _errors(as_json):
+        engine = api.connect(db)
+        bar = tqdm(
+            unit=" rows", unit_scale=True, disable=not _interactive(as_json), file=sys.stderr
+        )
+        with bar:
+            ing = api.ingest(
+                engine, [api.BUNDLED_ONLINE_RETAIL], "online-retail", progress=bar.update
+            )
+        result = api.segment(engine, "kmeans", "auto", None, seed)
+        write_report(result, report)
+    data = result.to_dict()
+    if as_json:
+        _print_json({"ingest": ing.to_dict(), "segmentation": data, "report": report})
+        return
+    i = ing.to_dict()
+    click.echo(
+        f"Online Retail: read {i['read']:,} lines, accepted {i['accepted']:,}, duplicates "
+        f"{i['duplicates']:,}, quarantined {i['quarantined']:,} ({i['seconds']} s)\n"
+    )
+    click.echo(segment_table(data))
+    if result.k_selection:
+        click.echo(f"\nK: {result.k_selection['reason']}")
+    click.echo(f"\nreport: {Path(report).resolve()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Human-readable output: the segment table (text) and the HTML report with charts."""

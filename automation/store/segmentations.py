@@ -1,0 +1,179 @@
+"""Segmentation versions, segments and memberships: save, read current, read as of a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, select, text, update
+
+from automation.errors import EmptyStoreError, NotFoundError
+from automation.features.build import ts_param
+from automation.store.bulk import read_frame, write_frame
+from models import Segment, Segmentation
+
+
+@dataclass
+class SegmentRecord:
+    segment_id: str
+    label: int
+    name: str
+    size: int
+    share: float
+    n_outliers: int
+    centroid: list[float]
+    profile: dict[str, float]
+    quality: dict[str, Any]
+    description: str | None = None
+
+
+def save_segmentation(
+    conn: Connection,
+    seg: Segmentation,
+    segments: list[SegmentRecord],
+    members: pd.DataFrame,
+) -> int:
+    """Insert a version, its segments and every member (``user_key``, ``segment_id``,
+    ``is_outlier``); the version with the newest ``as_of`` becomes current."""
+    conn.execute(text("SELECT 1"))  # open the transaction before taking ids
+    seg_id = conn.execute(
+        Segmentation.__table__.insert().returning(Segmentation.__table__.c.id),
+        [
+            {
+                c.name: getattr(seg, c.name)
+                for c in Segmentation.__table__.columns
+                if c.name not in ("id", "created_at")
+            }
+        ],
+    ).scalar_one()
+    conn.execute(
+        Segment.__table__.insert(),
+        [
+            {
+                "segmentation_id": seg_id,
+                "segment_id": s.segment_id,
+                "label": s.label,
+                "name": s.name,
+                "size": s.size,
+                "share": s.share,
+                "n_outliers": s.n_outliers,
+                "centroid": s.centroid,
+                "profile": s.profile,
+                "quality": s.quality,
+                "description": s.description,
+            }
+            for s in segments
+        ],
+    )
+    n = len(members)
+    as_of = pd.Series([seg.as_of] * n).astype("datetime64[us, UTC]")
+    write_frame(
+        conn,
+        "memberships",
+        {
+            "segmentation_id": pd.Series(np.full(n, seg_id, dtype=np.int64)),
+            "user_key": members["user_key"].astype("int64").reset_index(drop=True),
+            "segment_id": members["segment_id"].astype("str").reset_index(drop=True),
+            "is_outlier": members["is_outlier"].astype(bool).reset_index(drop=True),
+            "valid_from": as_of,
+            "valid_to": pd.Series([None] * n, dtype="object"),
+            "reason": pd.Series(["refit"] * n, dtype="object"),
+        },
+    )
+    _refresh_current(conn)
+    return int(seg_id)
+
+
+def _refresh_current(conn: Connection) -> None:
+    """The newest ``as_of`` (then the newest id) is current; earlier versions' intervals close."""
+    rows = conn.execute(
+        select(Segmentation.id, Segmentation.as_of).order_by(Segmentation.as_of, Segmentation.id)
+    ).all()
+    current = rows[-1].id
+    conn.execute(update(Segmentation).values(is_current=Segmentation.id == current))
+    # Close each version's membership intervals at the next version's as_of.
+    for (sid, _), (_, nxt) in zip(rows[:-1], rows[1:], strict=True):
+        conn.execute(
+            text(
+                "UPDATE memberships SET valid_to = :t WHERE segmentation_id = :s "
+                "AND valid_to IS NULL"
+            ),
+            {"t": ts_param(conn, pd.Timestamp(nxt)), "s": sid},
+        )
+
+
+def all_segment_ids(conn: Connection) -> list[str]:
+    return [r[0] for r in conn.execute(select(Segment.segment_id).distinct()).all()]
+
+
+def current_version(conn: Connection) -> Segmentation:
+    seg = conn.execute(
+        select(Segmentation).where(Segmentation.is_current.is_(True))
+    ).scalar_one_or_none()
+    if seg is None:
+        raise EmptyStoreError("no segmentation yet: run `shoal segment` first")
+    return seg
+
+
+def version_as_of(conn: Connection, at: pd.Timestamp) -> Segmentation:
+    """The version in force at ``at``: the newest one whose ``as_of`` is not after it."""
+    seg = conn.execute(
+        select(Segmentation)
+        .where(Segmentation.as_of <= _as_dt(conn, at))
+        .order_by(Segmentation.as_of.desc(), Segmentation.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if seg is None:
+        first = conn.execute(select(Segmentation.as_of).order_by(Segmentation.as_of)).first()
+        if first is None:
+            raise EmptyStoreError("no segmentation yet: run `shoal segment` first")
+        raise NotFoundError(
+            f"no segmentation as of {at.isoformat()}: the earliest is as of {first[0]}"
+        )
+    return seg
+
+
+def _as_dt(conn: Connection, at: pd.Timestamp) -> Any:
+    return pd.Timestamp(at).tz_convert("UTC").to_pydatetime()
+
+
+def segments_of(conn: Connection, version: int) -> list[Segment]:
+    return list(
+        conn.execute(
+            select(Segment).where(Segment.segmentation_id == version).order_by(Segment.label)
+        ).scalars()
+    )
+
+
+def assignments(conn: Connection, version: int) -> pd.DataFrame:
+    """Every member of ``version``: user_id, segment_id, segment name, outlier flag, valid from."""
+    frame = read_frame(
+        conn,
+        """SELECT u.external_id AS user_id, m.segment_id, s.name AS segment_name,
+                  m.is_outlier, m.valid_from
+           FROM memberships m
+           JOIN users u ON u.id = m.user_key
+           JOIN segments s ON s.segmentation_id = m.segmentation_id
+                          AND s.segment_id = m.segment_id
+           WHERE m.segmentation_id = :v
+           ORDER BY u.external_id""",
+        {"v": version},
+    )
+    frame["is_outlier"] = frame["is_outlier"].astype(str).str.lower().isin(["1", "true", "t"])
+    return frame
+
+
+def previous_members(conn: Connection) -> pd.Series | None:
+    """Current version's segment id per user key, for matching a new version against it."""
+    try:
+        cur = current_version(conn)
+    except EmptyStoreError:
+        return None
+    frame = read_frame(
+        conn,
+        "SELECT user_key, segment_id FROM memberships WHERE segmentation_id = :v",
+        {"v": cur.id},
+    )
+    return pd.Series(frame["segment_id"].astype("str").to_numpy(), index=frame["user_key"])
