@@ -8,8 +8,8 @@ Every key:
 ``SHOAL_BROKER_URL``
     Celery broker for the background workers (from the dynamic-segmentation issue on). Empty means
     tasks run in-process.
-``SHOAL_INGEST_BATCH_ROWS``
-    Rows per ingest batch (default 500000): bounds memory on large files.
+``SHOAL_INGEST_BLOCK_MB``
+    Megabytes of CSV read per ingest batch (default 32): bounds memory on large files.
 ``SHOAL_FUTURE_TOLERANCE_HOURS``
     How far past the wall clock an event timestamp may lie before it is quarantined (default 24).
 """
@@ -58,7 +58,7 @@ def _int_env(env: dict[str, str], key: str, default: int) -> int:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str = ""
-    ingest_batch_rows: int = 500_000
+    ingest_block_mb: int = 32
     future_tolerance_hours: int = 24
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -70,7 +70,7 @@ class Settings:
                 e.get("SHOAL_DATABASE_URL") or DEFAULT_DATABASE_URL
             ),
             "broker_url": e.get("SHOAL_BROKER_URL", ""),
-            "ingest_batch_rows": _int_env(e, "SHOAL_INGEST_BATCH_ROWS", 500_000),
+            "ingest_block_mb": _int_env(e, "SHOAL_INGEST_BLOCK_MB", 32),
             "future_tolerance_hours": _int_env(e, "SHOAL_FUTURE_TOLERANCE_HOURS", 24),
         }
         for key, value in overrides.items():

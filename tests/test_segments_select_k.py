@@ -145,6 +145,9 @@ def test_stability_ari(four_blobs: np.ndarray) -> None:
         return KMeansSegmenter(4, random_state=seed, n_init=2)
 
     assert stability_ari(make, four_blobs, n_bootstrap=3) == pytest.approx(1.0)
+    # a factory without a seed argument is accepted too (its own random_state is used)
+    fixed = stability_ari(lambda: KMeansSegmenter(4, random_state=0), four_blobs, 2, 0)
+    assert fixed == pytest.approx(1.0)
     noise = np.random.default_rng(0).uniform(size=(400, 2))
     shaky = stability_ari(lambda s: KMeansSegmenter(12, random_state=s, n_init=1), noise, 3)
     assert shaky < 0.95

@@ -83,18 +83,20 @@ def build_features(
     as_of: datetime | pd.Timestamp | None = None,
     random_state: int = 0,
     user_keys: list[int] | None = None,
+    from_events: bool = False,
 ) -> FeatureTable:
     """Compute every user's features as of ``as_of`` (default: the newest event).
 
     With ``user_keys``, only those users' features are computed (a support lookup); the
-    taste coordinates, which need every user, are then left out.
+    taste coordinates, which need every user, are then left out. ``from_events`` recomputes from
+    the events even at the newest time (a consistency check of the running aggregates).
     """
     latest = latest_event_time(conn)
     at = latest if as_of is None else pd.Timestamp(as_of)
     if at.tzinfo is None:
         at = at.tz_localize("UTC")
     params = {"as_of": ts_param(conn, at)}
-    if at >= latest:
+    if at >= latest and not from_events:
         stats_src, orders_src, items_src = "user_stats", "user_orders", "user_items"
     else:
         past = "(SELECT * FROM events WHERE ts <= :as_of) e"

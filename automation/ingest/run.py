@@ -155,7 +155,7 @@ def ingest_files(
     total = IngestReport()
     for path in paths:
         fmt = detect_format(Path(path))
-        batches = read_file(path)
+        batches = read_file(path, block_bytes=max(1, settings.ingest_block_mb) << 20)
         first = next(batches, None)
         if first is None or first.read == 0:
             raise EmptyInputError(f"{path}: no rows to ingest")

@@ -27,7 +27,7 @@ spend is not high).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -206,7 +206,7 @@ def _qualify(names: dict[int, str], segs: dict[int, _Segment]) -> dict[int, str]
                 (f"{name} ({q})" for _, q in sorted(cands) if f"{name} ({q})" not in used), None
             )
             if chosen is None:
-                i = 2
+                i = 1
                 while f"{name} ({i})" in used:
                     i += 1
                 chosen = f"{name} ({i})"
@@ -219,7 +219,7 @@ def name_segments(
     profiles: pd.DataFrame,
     population: pd.DataFrame,
     *,
-    outlier_share: Mapping[int, float] | None = None,
+    outlier_share: Mapping[Hashable, float] | None = None,
 ) -> dict[int, str]:
     """Name each segment of ``profiles`` by rules over the population distribution.
 
@@ -231,6 +231,7 @@ def name_segments(
     population : DataFrame
         The raw per-user feature table the percentiles are taken in.
     outlier_share : mapping label -> float, optional
+        (e.g. ``pd.Series(outliers_).groupby(labels_).mean().to_dict()``)
         Share of each segment's members flagged as outliers; >= 0.5 names it as outliers.
 
     Returns

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -119,8 +120,27 @@ def cluster_metrics(
     return out
 
 
+EstimatorFactory = Callable[[], BaseSegmenter] | Callable[[int], BaseSegmenter]
+
+
+def _build(make_estimator: EstimatorFactory, seed: int) -> BaseSegmenter:
+    """``make_estimator(seed)`` when it takes a positional argument, else ``make_estimator()``."""
+    try:
+        params = inspect.signature(make_estimator).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        params = None
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.VAR_POSITIONAL,
+    )
+    if params is not None and any(p.kind in positional for p in params):
+        return make_estimator(seed)  # type: ignore[call-arg]
+    return make_estimator()  # type: ignore[call-arg]
+
+
 def stability_ari(
-    make_estimator: Callable[[int], BaseSegmenter],
+    make_estimator: EstimatorFactory,
     X: Any,
     n_bootstrap: int = 5,
     random_state: int | None = 0,
@@ -129,14 +149,15 @@ def stability_ari(
 ) -> float:
     """Mean adjusted Rand index between a full-data fit and fits on bootstrap resamples.
 
-    Each bootstrap fit (``make_estimator(seed)``, a fresh seed each time, so sensitivity to the
-    initialisation counts as instability too) is compared with the reference on the distinct rows
-    its resample covers, both labelling those rows with ``predict``.
+    Each bootstrap fit is compared with the reference on the distinct rows its resample covers,
+    both labelling those rows with ``predict``.
 
     Parameters
     ----------
     make_estimator : callable
-        ``seed -> unfitted segmenter``.
+        ``seed -> unfitted segmenter`` (each fit then gets a fresh seed drawn from
+        ``random_state``, so sensitivity to the initialisation counts as instability too), or
+        ``() -> unfitted segmenter`` (every fit uses the estimator's own ``random_state``).
     X : array of shape (n_users, n_features)
     n_bootstrap : int, default 5
     random_state : int or None, default 0
@@ -155,9 +176,9 @@ def stability_ari(
     X = as_matrix(X)
     _check_int("n_bootstrap", n_bootstrap, 1)
     rng = np.random.default_rng(random_state)
-    ref = reference if reference is not None else make_estimator(int(rng.integers(2**31 - 1)))
-    if reference is None:
-        ref.fit(X)
+    ref = reference
+    if ref is None:
+        ref = _build(make_estimator, int(rng.integers(2**31 - 1))).fit(X)
     n = X.shape[0]
     scores = []
     for _ in range(n_bootstrap):
@@ -165,7 +186,7 @@ def stability_ari(
         with warnings.catch_warnings():
             # resamples repeat rows; on tiny data fewer distinct rows than K is expected
             warnings.simplefilter("ignore", ConvergenceWarning)
-            est = make_estimator(int(rng.integers(2**31 - 1))).fit(X[idx])
+            est = _build(make_estimator, int(rng.integers(2**31 - 1))).fit(X[idx])
         rows = X[np.unique(idx)]
         scores.append(adjusted_rand_score(ref.predict(rows), est.predict(rows)))
     return float(np.mean(scores))

@@ -89,10 +89,10 @@ def _sqlite_values(s: pd.Series | np.ndarray) -> list[Any]:
     if pd.api.types.is_float_dtype(ser):
         a = ser.to_numpy(dtype="float64", na_value=np.nan)
         return [None if v != v else v for v in a.tolist()]
-    if pd.api.types.is_integer_dtype(ser) or ser.dtype == bool:
+    if (pd.api.types.is_integer_dtype(ser) or ser.dtype == bool) and not ser.hasnans:
         return ser.tolist()
     values = ser.to_numpy(dtype=object, na_value=None).tolist()
-    return [None if v is not None and v != v else v for v in values]
+    return [None if v is None or v is pd.NA or v != v else v for v in values]
 
 
 def create_temp_like(conn: Connection, name: str, columns_sql: str) -> None:
