@@ -129,22 +129,17 @@ def read_csv(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[RawBatch]:
 
 def _parse_block(block: bytes, header: list[str], source: str, first_line: int) -> RawBatch:
     n_lines = block.count(b"\n")
-    invalid: list[int] = []
-
-    def on_invalid(_row: Any) -> str:
-        invalid.append(1)
-        return "skip"
-
     try:
+        # Fast path: Arrow's parser. A wrong column count raises, and blank lines or quoted
+        # newlines change the row count: such blocks are parsed line by line instead.
         table = pacsv.read_csv(
             io.BytesIO(block),
             read_options=pacsv.ReadOptions(column_names=header, use_threads=True),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(column_types={h: pa.binary() for h in header}),
         )
     except pa.ArrowInvalid:
         return _parse_block_slow(block, header, source, first_line)
-    if invalid or table.num_rows != n_lines:
+    if table.num_rows != n_lines:
         return _parse_block_slow(block, header, source, first_line)
     lines = np.arange(first_line, first_line + n_lines, dtype=np.int64)
     columns: dict[str, pa.Array] = {}

@@ -39,13 +39,18 @@ def flatten_message(obj: Row) -> list[Outcome]:
             else:
                 out.append(({"batch_item": msg}, ("malformed_json", "batch item is not an object")))
         return out
-    if is_segment_message(obj) or obj.get("type") in {"identify", "page", "screen", "group"}:
+    kind = obj.get("type")
+    if is_segment_message(obj) or (
+        isinstance(kind, str) and kind in {"identify", "page", "screen", "group"}
+    ):
         return _flatten_segment(obj)
     return [(obj, None)]
 
 
 def _flatten_segment(msg: Row) -> list[Outcome]:
     kind = msg.get("type", "track")
+    if not isinstance(kind, str):
+        return [(msg, ("malformed_json", "type is not a string"))]
     if kind != "track":
         return [(msg, ("unsupported_message_type", f"Segment {kind!r} messages carry no event"))]
     props = msg.get("properties") or {}
@@ -57,7 +62,7 @@ def _flatten_segment(msg: Row) -> list[Outcome]:
         or (f"anon:{msg['anonymousId']}" if msg.get("anonymousId") else None),
         "type": msg.get("event"),
         "timestamp": msg.get("timestamp") or msg.get("originalTimestamp") or msg.get("sentAt"),
-        "session_id": props.get("session_id") or (msg.get("context") or {}).get("session_id"),
+        "session_id": props.get("session_id") or _dict(msg.get("context")).get("session_id"),
         "order_id": props.get("order_id") or props.get("checkout_id"),
         "rating": props.get("rating"),
         "revenue": props.get("revenue"),
@@ -85,3 +90,7 @@ def _flatten_segment(msg: Row) -> list[Outcome]:
 
 
 _ITEM_KEYS = {"item_id", "item_name", "category", "price", "quantity"}
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
