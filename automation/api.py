@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, Row, select, text
 
 from automation.config import Settings
 from automation.errors import EmptyStoreError, NotFoundError, ValidationError
@@ -36,7 +36,7 @@ from automation.store.segmentations import (
     segments_of,
     version_as_of,
 )
-from models import Segmentation, User
+from models import User
 
 BUNDLED_ONLINE_RETAIL = Path(__file__).resolve().parent / "data" / "online_retail.csv.gz"
 
@@ -81,7 +81,7 @@ def _timestamp(value: datetime | str) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _version_dict(engine: Engine, seg: Segmentation) -> dict[str, Any]:
+def _version_dict(engine: Engine, seg: Row[Any]) -> dict[str, Any]:
     with engine.connect() as conn:
         segs = segments_of(conn, seg.id)
     return {
@@ -142,7 +142,7 @@ def user(engine: Engine, user_id: str) -> dict[str, Any]:
             {"k": int(key)},
         )
         try:
-            cur: Segmentation | None = current_version(conn)
+            cur: Row[Any] | None = current_version(conn)
         except EmptyStoreError:
             cur = None
         as_of = latest_event_time(conn)

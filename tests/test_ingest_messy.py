@@ -184,8 +184,14 @@ def test_parquet_typed_columns(engine: Engine, tmp_path: Path) -> None:
         engine,
         [path],
         Settings(),
-        maps=["user_id=customer", "type=kind", "timestamp=when", "item_id=sku",
-              "quantity=qty", "price=unit"],
+        maps=[
+            "user_id=customer",
+            "type=kind",
+            "timestamp=when",
+            "item_id=sku",
+            "quantity=qty",
+            "price=unit",
+        ],
     )
     assert (report.read, report.accepted, report.quarantined) == (3, 2, 1)
     assert dict(report.reasons) == {"missing_timestamp": 1}
@@ -197,7 +203,10 @@ def test_map_and_set_and_online_retail_preset(engine: Engine, tmp_path: Path) ->
         b"who,sku,when\nc1,x,2024-02-01 10:00\nc2,y,2024-02-01 11:00\n",
     )
     report = ingest_files(
-        engine, [path], Settings(), maps=["user_id=who", "item_id=sku", "timestamp=when"],
+        engine,
+        [path],
+        Settings(),
+        maps=["user_id=who", "item_id=sku", "timestamp=when"],
         sets=["type=purchase"],
     )
     assert report.accepted == 2
@@ -238,7 +247,9 @@ def test_local_time_zone_and_refunds_of_online_retail(engine: Engine, tmp_path: 
             text("SELECT type, quantity, revenue, ts FROM events ORDER BY ts")
         ).all()
         assert [(r.type, r.quantity) for r in rows] == [
-            ("purchase", 6.0), ("refund", 2.0), ("purchase", 3.0)
+            ("purchase", 6.0),
+            ("refund", 2.0),
+            ("purchase", 3.0),
         ]
         # 08:26 in London in July (BST) is 07:26 UTC.
         assert pd.Timestamp(rows[0].ts).strftime("%H:%M") == "07:26"

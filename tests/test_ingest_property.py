@@ -20,8 +20,22 @@ HEADER = b"event_id,user_id,type,timestamp,item_id,quantity,price,rating\n"
 
 field = st.one_of(
     st.sampled_from(
-        [b"", b"u1", b"view", b"purchase", b"Order Completed", b"2024-01-01T00:00:00Z",
-         b"1704103200", b"-1", b"3.5", b"abc", b'"q,uoted"', b"\xff\xfe", b"nan", b"1e309"]
+        [
+            b"",
+            b"u1",
+            b"view",
+            b"purchase",
+            b"Order Completed",
+            b"2024-01-01T00:00:00Z",
+            b"1704103200",
+            b"-1",
+            b"3.5",
+            b"abc",
+            b'"q,uoted"',
+            b"\xff\xfe",
+            b"nan",
+            b"1e309",
+        ]
     ),
     st.binary(max_size=12),
     st.text(max_size=12).map(lambda s: s.encode("utf-8")),
@@ -38,7 +52,9 @@ def store() -> Iterator[Engine]:
         eng.dispose()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=body)
 def test_random_csv_is_fully_accounted_for(store: Engine, data: bytes, tmp_path: Path) -> None:
     path = tmp_path / "random.csv"
@@ -57,13 +73,28 @@ def test_random_csv_is_fully_accounted_for(store: Engine, data: bytes, tmp_path:
 
 json_value = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=8,
 )
 json_line = st.one_of(
     st.dictionaries(
-        st.sampled_from(["user_id", "type", "timestamp", "item_id", "price", "quantity", "event",
-                         "userId", "properties", "batch", "messageId"]),
+        st.sampled_from(
+            [
+                "user_id",
+                "type",
+                "timestamp",
+                "item_id",
+                "price",
+                "quantity",
+                "event",
+                "userId",
+                "properties",
+                "batch",
+                "messageId",
+            ]
+        ),
         json_value,
         max_size=6,
     ).map(lambda d: __import__("json").dumps(d).encode()),
@@ -71,7 +102,9 @@ json_line = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(lines=st.lists(json_line, min_size=1, max_size=15))
 def test_random_jsonl_is_fully_accounted_for(
     store: Engine, lines: list[bytes], tmp_path: Path

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, Row, select, text, update
 
 from automation.errors import EmptyStoreError, NotFoundError
 from automation.features.build import ts_param
@@ -108,23 +108,24 @@ def all_segment_ids(conn: Connection) -> list[str]:
     return [r[0] for r in conn.execute(select(Segment.segment_id).distinct()).all()]
 
 
-def current_version(conn: Connection) -> Segmentation:
+def current_version(conn: Connection) -> Row[Any]:
+    """The current version's row (attributes named as the columns of ``segmentations``)."""
     seg = conn.execute(
-        select(Segmentation).where(Segmentation.is_current.is_(True))
-    ).scalar_one_or_none()
+        select(Segmentation.__table__).where(Segmentation.is_current.is_(True))
+    ).one_or_none()
     if seg is None:
         raise EmptyStoreError("no segmentation yet: run `shoal segment` first")
     return seg
 
 
-def version_as_of(conn: Connection, at: pd.Timestamp) -> Segmentation:
+def version_as_of(conn: Connection, at: pd.Timestamp) -> Row[Any]:
     """The version in force at ``at``: the newest one whose ``as_of`` is not after it."""
     seg = conn.execute(
-        select(Segmentation)
+        select(Segmentation.__table__)
         .where(Segmentation.as_of <= _as_dt(conn, at))
         .order_by(Segmentation.as_of.desc(), Segmentation.id.desc())
         .limit(1)
-    ).scalar_one_or_none()
+    ).one_or_none()
     if seg is None:
         first = conn.execute(select(Segmentation.as_of).order_by(Segmentation.as_of)).first()
         if first is None:
@@ -139,11 +140,13 @@ def _as_dt(conn: Connection, at: pd.Timestamp) -> Any:
     return pd.Timestamp(at).tz_convert("UTC").to_pydatetime()
 
 
-def segments_of(conn: Connection, version: int) -> list[Segment]:
+def segments_of(conn: Connection, version: int) -> list[Row[Any]]:
     return list(
         conn.execute(
-            select(Segment).where(Segment.segmentation_id == version).order_by(Segment.label)
-        ).scalars()
+            select(Segment.__table__)
+            .where(Segment.segmentation_id == version)
+            .order_by(Segment.label)
+        ).all()
     )
 
 
