@@ -47,6 +47,13 @@ def _errors(as_json: bool) -> Iterator[None]:
         sys.exit(1)
 
 
+def _counter(bar: tqdm) -> Callable[[int], None]:
+    def update(n: int) -> None:
+        bar.update(n)
+
+    return update
+
+
 def _interactive(as_json: bool) -> bool:
     return not as_json and sys.stderr.isatty()
 
@@ -104,7 +111,7 @@ def ingest(
             unit=" rows", unit_scale=True, disable=not _interactive(as_json), file=sys.stderr
         )
         with bar:
-            report = api.ingest(engine, files, preset, maps, sets, progress=bar.update)
+            report = api.ingest(engine, files, preset, maps, sets, progress=_counter(bar))
     data = report.to_dict()
     if as_json:
         _print_json(data)
@@ -256,7 +263,7 @@ def demo(db: str | None, report: str, seed: int, as_json: bool) -> None:
         )
         with bar:
             ing = api.ingest(
-                engine, [api.BUNDLED_ONLINE_RETAIL], "online-retail", progress=bar.update
+                engine, [api.BUNDLED_ONLINE_RETAIL], "online-retail", progress=_counter(bar)
             )
         result = api.segment(engine, "kmeans", "auto", None, seed)
         write_report(result, report)

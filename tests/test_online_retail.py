@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import Engine, text
 
 from automation import api
-from automation.config import Settings
 from automation.features.build import build_features
 from automation.store.db import open_store
 from tests.conftest import ONLINE_RETAIL, _pg_store

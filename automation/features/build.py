@@ -147,7 +147,7 @@ def build_features(
 
 
 def _days(delta: pd.Series) -> pd.Series:
-    return delta / pd.Timedelta(days=1)
+    return delta.dt.total_seconds() / 86_400.0
 
 
 def _compose(
@@ -238,7 +238,7 @@ def _affinity(
     )
     if ui.empty or ui["item_key"].nunique() <= TASTE_DIMS:
         return None, "none"
-    rows = users.get_indexer(ui["user_key"])
+    rows = users.get_indexer(pd.Index(ui["user_key"]))
     keep = rows >= 0
     cols, _ = pd.factorize(ui["item_key"][keep])
     n_items = int(cols.max()) + 1

@@ -84,7 +84,9 @@ def read_file(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[RawB
 
 
 def _open(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
 
 
 # ----------------------------------------------------------------------------------------- CSV

@@ -96,7 +96,7 @@ def ingest_batch(
     )
     rej = checked.rejected
     q_rows = rej["row"].to_numpy()
-    quarantine = {
+    quarantine: dict[str, pd.Series] = {
         "batch_id": pd.Series(np.full(len(rej) + len(raw.rejects), batch_id, dtype=np.int64)),
         "source": pd.Series([raw.source] * (len(rej) + len(raw.rejects)), dtype="object"),
         "line": pd.Series(

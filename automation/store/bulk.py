@@ -59,21 +59,17 @@ def write_frame(conn: Connection, table: str, frame: dict[str, Any]) -> int:
         data = pa.table({c: _arrow_column(frame[c]) for c in cols})
         buf = io.BytesIO()
         pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=False))
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
+        raw: Any = conn.connection.dbapi_connection
         with (
             raw.cursor() as cur,
-            cur.copy(  # type: ignore[attr-defined]
-                f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT csv)"
-            ) as cp,
+            cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT csv)") as cp,
         ):
             cp.write(buf.getbuffer())
         return n
     columns = [_sqlite_values(frame[c]) for c in cols]
     sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
-    cur = raw.cursor()
+    lite: Any = conn.connection.dbapi_connection
+    cur = lite.cursor()
     cur.executemany(sql, list(zip(*columns, strict=True)))
     cur.close()
     return n
@@ -91,7 +87,7 @@ def _sqlite_values(s: pd.Series | np.ndarray) -> list[Any]:
         return [None if v != v else v for v in a.tolist()]
     if (pd.api.types.is_integer_dtype(ser) or ser.dtype == bool) and not ser.hasnans:
         return ser.tolist()
-    values = ser.to_numpy(dtype=object, na_value=None).tolist()
+    values = ser.astype(object).tolist()
     return [None if v is None or v is pd.NA or v != v else v for v in values]
 
 
@@ -105,12 +101,11 @@ def read_frame(conn: Connection, sql: str, params: dict[str, Any] | None = None)
     """Run a query and return a DataFrame (``COPY ... TO STDOUT`` on PostgreSQL)."""
     if conn.dialect.name == "postgresql":
         query = _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
+        pg: Any = conn.connection.dbapi_connection
         buf = io.BytesIO()
         with (
-            raw.cursor() as cur,
-            cur.copy(  # type: ignore[attr-defined]
+            pg.cursor() as cur,
+            cur.copy(
                 f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", params or None
             ) as cp,
         ):

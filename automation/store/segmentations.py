@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Row, select, text, update
+from sqlalchemy import Connection, Row, insert, select, text, update
 
 from automation.errors import EmptyStoreError, NotFoundError
 from automation.features.build import ts_param
@@ -39,7 +39,7 @@ def save_segmentation(
     ``is_outlier``); the version with the newest ``as_of`` becomes current."""
     conn.execute(text("SELECT 1"))  # open the transaction before taking ids
     seg_id = conn.execute(
-        Segmentation.__table__.insert().returning(Segmentation.__table__.c.id),
+        insert(Segmentation).returning(Segmentation.id),
         [
             {
                 c.name: getattr(seg, c.name)
@@ -49,7 +49,7 @@ def save_segmentation(
         ],
     ).scalar_one()
     conn.execute(
-        Segment.__table__.insert(),
+        insert(Segment),
         [
             {
                 "segmentation_id": seg_id,
