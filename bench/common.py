@@ -414,7 +414,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         if value != value:
             return "nan"
-        if abs(value) >= 1e5:
+        if abs(value) >= 1e4:
             return f"{value:,.0f}"
         return f"{value:.{digits}f}"
     if isinstance(value, int):

@@ -20,6 +20,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from automation.errors import InputError, ValidationError
+from automation.simulate.frame import EVENT_COLUMNS
 from automation.simulate.generate import Simulation
 
 __all__ = ["FORMATS", "canonical_events", "read_simulation", "write_simulation"]
@@ -35,6 +36,11 @@ _CATEGORICAL = {
     "truth": ("user_id", "persona"),
     "items": (),
 }
+_COLUMNS = {
+    "events": EVENT_COLUMNS,
+    "truth": ("user_id", "day", "persona"),
+    "items": ("item_id", "name", "category", "price"),
+}
 _STRINGS = {"events": ("event_id",), "truth": (), "items": ("item_id", "name", "category")}
 
 
@@ -49,11 +55,13 @@ def _iso_timestamps(batch: pa.RecordBatch) -> pa.RecordBatch:
     columns: list[pa.Array] = []
     for column in batch.columns:
         if pa.types.is_timestamp(column.type):
+            # arrow stores UTC: format the values as naive timestamps (much faster than strftime)
             try:
-                column = pc.cast(column, pa.timestamp("ms", tz="UTC"))
+                column = pc.cast(column, pa.timestamp("ms"))
             except pa.ArrowInvalid:  # finer than milliseconds: keep every digit
-                column = pc.cast(column, pa.timestamp(column.type.unit, tz="UTC"))
-            column = pc.strftime(column, format="%Y-%m-%dT%H:%M:%SZ")
+                column = pc.cast(column, pa.timestamp(column.type.unit))
+            text = pc.replace_substring(pc.cast(column, pa.string()), " ", "T", max_replacements=1)
+            column = pc.binary_join_element_wise(text, "Z", "")
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
@@ -61,23 +69,24 @@ def _iso_timestamps(batch: pa.RecordBatch) -> pa.RecordBatch:
 def _json_values(column: pa.Array) -> pa.Array:
     """JSON text of every value of ``column`` (``null`` for missing and non-finite numbers)."""
     kind = column.type
-    if pa.types.is_dictionary(kind):
-        column = column.dictionary_decode()
-        kind = column.type
+    if pa.types.is_dictionary(kind):  # encode the distinct values once, then pick
+        return pc.fill_null(pc.take(_json_values(column.dictionary), column.indices), "null")
     if pa.types.is_floating(kind):
         text = pc.cast(column, pa.string())
         missing = pc.or_kleene(pc.is_null(column), pc.invert(pc.is_finite(column)))
         return pc.if_else(pc.fill_null(missing, True), pa.scalar("null"), text)
     if pa.types.is_boolean(kind) or pa.types.is_integer(kind):
-        return pc.fill_null(pc.cast(pc.cast(column, kind), pa.string()), "null")
+        return pc.fill_null(pc.cast(column, pa.string()), "null")
     text = pc.cast(column, pa.string())
-    for old, escaped in _JSON_ESCAPES:
-        text = pc.replace_substring(text, old, escaped)
-    quoted = pc.binary_join_element_wise('"', text, '"', "")
-    return pc.fill_null(quoted, "null")
+    if pc.any(pc.match_substring_regex(text, _NEEDS_ESCAPE)).as_py():  # rare: let json quote it
+        return pa.array(
+            ["null" if v is None else json.dumps(v, ensure_ascii=False) for v in text.to_pylist()],
+            pa.string(),
+        )
+    return pc.fill_null(pc.binary_join_element_wise('"', text, '"', ""), "null")
 
 
-_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 
 
 def _write_jsonl(table: pa.Table, path: Path) -> None:
@@ -158,11 +167,13 @@ def write_simulation(sim: Simulation, out_dir: Path, fmt: str = "csv") -> dict[s
     return paths
 
 
-def _read(path: Path, fmt: str) -> pd.DataFrame:
+def _read(path: Path, fmt: str, table: str) -> pd.DataFrame:
     if fmt == "csv":
         return pd.read_csv(path, keep_default_na=False, na_values=[""])
     if fmt == "parquet":
         return pd.read_parquet(path)
+    if path.stat().st_size == 0:  # JSON Lines of an empty table: no keys to learn columns from
+        return pd.DataFrame({col: [] for col in _COLUMNS[table]})
     return pd.read_json(path, orient="records", lines=True, dtype=False)
 
 
@@ -213,7 +224,7 @@ def read_simulation(out_dir: Path, fmt: str = "csv") -> Simulation:
         path = out / f"{name}.{fmt}"
         if not path.is_file():
             raise InputError(f"{path} does not exist; write it with write_simulation(fmt={fmt!r})")
-        tables[name] = _canonical(_read(path, fmt), name)
+        tables[name] = _canonical(_read(path, fmt, name), name)
     meta_path = out / "scenarios.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     return Simulation(

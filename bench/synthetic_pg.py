@@ -1,0 +1,609 @@
+"""Synthetic shop at scale on PostgreSQL: Shoal's ingest and segmentation beside bare baselines.
+
+Steps, each timed, with the peak RSS of the process after each:
+
+1. simulate ``--users`` users over ``--days`` days and write the events to a CSV file;
+2. BASELINE ingest: the same rows, already validated and keyed in memory, sent with a bare binary
+   ``COPY`` (psycopg 3) into a table shaped like Shoal's ``events`` (uuid primary key); two
+   encoders: an Arrow-vectorised binary encoder, and ``Copy.write_row`` with ``set_types``;
+   the faster one is the baseline;
+3. SHOAL ingest: ``api.ingest`` of the CSV into a fresh schema (with a per-function breakdown);
+4. BASELINE features-to-segments: pandas group-by (recency, frequency, monetary, counts) +
+   ``StandardScaler`` + ``KMeans(n_clusters=8, n_init=1, random_state=0)``;
+5. SHOAL features-to-segments: ``api.segment(k="8")`` (with a breakdown), then ``k="auto"``.
+
+Figures, never asserts. Needs PostgreSQL (``--pg URL`` or ``$SHOAL_TEST_DATABASE_URL``).
+
+Run (from the repository root)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/synthetic_pg.py [--users N] [--days D] [--pg URL]
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from sklearn.cluster import KMeans
+from sklearn.preprocessing import StandardScaler
+
+from automation import api
+from automation.ingest.load import event_ids
+
+TARGET_INGEST = 0.5  # Shoal events/s over bare COPY events/s: at least this
+TARGET_SEGMENT = 1.0  # Shoal seconds over bare pandas + k-means seconds: at most this
+
+# Shoal's ``events`` table (models/events.py), column by column, with the binary COPY types.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("event_id", "uuid PRIMARY KEY", "uuid"),
+    ("user_key", "bigint NOT NULL", "int8"),
+    ("type", "varchar(10) NOT NULL", "varchar"),
+    ("ts", "timestamptz NOT NULL", "timestamptz"),
+    ("item_key", "bigint", "int8"),
+    ("category", "varchar(200)", "varchar"),
+    ("quantity", "float8", "float8"),
+    ("price", "float8", "float8"),
+    ("revenue", "float8", "float8"),
+    ("rating", "float8", "float8"),
+    ("session_id", "varchar(200)", "varchar"),
+    ("order_id", "varchar(200)", "varchar"),
+    ("batch_id", "integer", "int4"),
+)
+COPY_SQL = (
+    f"COPY baseline_events ({', '.join(c for c, _, _ in COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+)
+DDL = f"CREATE TABLE baseline_events ({', '.join(f'{c} {t}' for c, t, _ in COLUMNS)})"
+PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+TRAILER = b"\xff\xff"
+
+
+# ------------------------------------------------------------------------------ keyed rows
+def keyed_rows(ev: pd.DataFrame) -> dict[str, Any]:
+    """The events as Shoal stores them: ids from ``event_ids``, integer user/item keys."""
+    is_line = ev["type"].isin(["purchase", "refund"]).to_numpy()
+    acc = pd.DataFrame(
+        {
+            "event_id": ev["event_id"],
+            "user_id": ev["user_id"],
+            "type": ev["type"],
+            "ts": ev["timestamp"].astype("datetime64[us, UTC]"),
+            "item_id": ev["item_id"],
+            "quantity": ev["quantity"].astype("float64"),
+            "price": ev["price"].astype("float64"),
+            "revenue": ev["revenue"].astype("float64").where(is_line),
+            "rating": ev["rating"].astype("float64"),
+            "session_id": ev["session_id"],
+            "order_id": ev["order_id"],
+        }
+    )
+    ids = event_ids(acc)
+    user_codes, _ = pd.factorize(ev["user_id"])
+    item_codes, _ = pd.factorize(ev["item_id"])
+    return {
+        "event_id": ids,
+        "user_key": user_codes.astype(np.int64) + 1,
+        "type": ev["type"],
+        "ts": acc["ts"],
+        "item_key": np.where(item_codes >= 0, item_codes + 1, -1).astype(np.int64),
+        "category": ev["category"],
+        "quantity": acc["quantity"].to_numpy(),
+        "price": acc["price"].to_numpy(),
+        "revenue": acc["revenue"].to_numpy(),
+        "rating": acc["rating"].to_numpy(),
+        "session_id": ev["session_id"],
+        "order_id": ev["order_id"],
+        "batch_id": np.ones(len(ev), dtype=np.int32),
+    }
+
+
+# ------------------------------------------------------------------------- Arrow encoder
+def _fsb(mat: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """(n, w) uint8 rows as an Arrow binary array (nulls where ``valid`` is False -> b"")."""
+    n, w = mat.shape
+    bitmap = None if valid is None else pa.array(valid).buffers()[1]
+    arr = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(w), n, [bitmap, pa.py_buffer(np.ascontiguousarray(mat))]
+    )
+    out = arr.cast(pa.binary())
+    return out if valid is None else out.fill_null(pa.scalar(b"", pa.binary()))
+
+
+def _be(values: np.ndarray, dtype: str) -> np.ndarray:
+    a = np.ascontiguousarray(values.astype(dtype))
+    return a.view(np.uint8).reshape(len(a), -1)
+
+
+class ArrowBinaryEncoder:
+    """PostgreSQL binary COPY rows built column-wise with Arrow (no Python loop over rows).
+
+    Each field is ``int32 length`` (-1 for NULL) + bytes; each row is ``int16 field count`` +
+    fields. Every field becomes a binary column (length prefix and value) and Arrow joins them
+    element-wise, so the joined array's data buffer is the COPY body.
+    """
+
+    def __init__(self, rows: dict[str, Any]) -> None:
+        self.n = len(rows["user_key"])
+        self.columns: list[tuple[str, Any, Any]] = []
+        for name, _, kind in COLUMNS:
+            v = rows[name]
+            if kind == "uuid":
+                self.columns.append(("fixed", np.ascontiguousarray(v), None))
+            elif kind == "varchar":
+                arr = pa.array(v, from_pandas=True)
+                if isinstance(arr, pa.DictionaryArray):
+                    arr = arr.dictionary_decode()
+                arr = arr.cast(pa.binary())
+                self.columns.append(("var", arr, None))
+            elif kind == "timestamptz":
+                us = v.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]")
+                us = us.astype(np.int64) - PG_EPOCH_US
+                self.columns.append(("fixed", _be(us, ">i8"), None))
+            elif kind == "int8":
+                valid = v >= 0 if name == "item_key" else None
+                self.columns.append(("fixed", _be(v, ">i8"), valid))
+            elif kind == "int4":
+                self.columns.append(("fixed", _be(v, ">i4"), None))
+            elif kind == "float8":
+                valid = ~np.isnan(v)
+                self.columns.append(("fixed", _be(v, ">f8"), None if valid.all() else valid))
+            else:
+                raise ValueError(kind)
+
+    def encode(self, start: int, stop: int) -> pa.Buffer:
+        n = stop - start
+        pieces: list[pa.Array] = [_fsb(_be(np.full(n, len(COLUMNS)), ">i2"))]
+        for kind, data, valid in self.columns:
+            if kind == "fixed":
+                mat = data[start:stop]
+                ok = None if valid is None else valid[start:stop]
+                width = mat.shape[1]
+                lengths = (
+                    np.full(n, width, dtype=np.int32) if ok is None else np.where(ok, width, -1)
+                )
+                pieces.append(_fsb(_be(lengths, ">i4")))
+                pieces.append(_fsb(mat, ok))
+            else:
+                arr = data.slice(start, n)
+                lengths = pc.binary_length(arr).fill_null(-1).to_numpy(zero_copy_only=False)
+                pieces.append(_fsb(_be(lengths, ">i4")))
+                pieces.append(arr.fill_null(pa.scalar(b"", pa.binary())))
+        joined = pc.binary_join_element_wise(*pieces, b"")
+        offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
+        lo, hi = int(offsets[joined.offset]), int(offsets[joined.offset + n])
+        return joined.buffers()[2][lo:hi]
+
+
+def _python_rows(rows: dict[str, Any], start: int, stop: int) -> list[tuple[Any, ...]]:
+    """Plain Python tuples for ``write_row`` (uuid.UUID, datetime, None for NULL)."""
+    cols: list[list[Any]] = []
+    for name, _, kind in COLUMNS:
+        v = rows[name][start:stop]
+        if kind == "uuid":
+            cols.append([uuid.UUID(bytes=bytes(r)) for r in v])
+        elif kind == "timestamptz":
+            cols.append(list(pd.Series(v).dt.to_pydatetime()))
+        elif kind == "varchar":
+            cols.append(pd.Series(v).astype(object).where(pd.Series(v).notna(), None).tolist())
+        elif name == "item_key":
+            cols.append([None if x < 0 else x for x in v.tolist()])
+        elif kind == "float8":
+            cols.append([None if x != x else x for x in v.tolist()])
+        else:
+            cols.append(v.tolist())
+    return list(zip(*cols, strict=True))
+
+
+def baseline_copy(dsn: str, rows: dict[str, Any], method: str, chunk: int) -> dict[str, Any]:
+    """One bare COPY of every row into a fresh ``baseline_events``; timed: encode+send+commit."""
+    n = len(rows["user_key"])
+    prep = 0.0
+    encode = 0.0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS baseline_events")
+        conn.execute(DDL)
+        conn.execute("CHECKPOINT")
+    t = time.perf_counter()
+    encoder = ArrowBinaryEncoder(rows) if method == "arrow" else None
+    prep += time.perf_counter() - t
+    with psycopg.connect(dsn) as conn:
+        cur = conn.cursor()
+        timed = 0.0
+        t0 = time.perf_counter()
+        with cur.copy(COPY_SQL) as cp:
+            if encoder is not None:
+                cp.write(HEADER)
+                for start in range(0, n, chunk):
+                    t = time.perf_counter()
+                    body = encoder.encode(start, min(start + chunk, n))
+                    encode += time.perf_counter() - t
+                    cp.write(body)
+                cp.write(TRAILER)
+            else:
+                cp.set_types([k for _, _, k in COLUMNS])
+                for start in range(0, n, chunk):
+                    timed += time.perf_counter() - t0
+                    t = time.perf_counter()
+                    batch = _python_rows(rows, start, min(start + chunk, n))
+                    prep += time.perf_counter() - t
+                    t0 = time.perf_counter()
+                    for r in batch:
+                        cp.write_row(r)
+        conn.commit()
+        timed += time.perf_counter() - t0
+        stored = conn.execute("SELECT count(*) FROM baseline_events").fetchone()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE baseline_events")
+        conn.execute("CHECKPOINT")
+    return {
+        "method": method,
+        "rows": n,
+        "stored": int(stored[0]) if stored else None,
+        "seconds": timed,
+        "encode_seconds": encode if encoder is not None else None,
+        "untimed_prep_seconds": prep,
+        "events_per_second": n / timed if timed else None,
+    }
+
+
+# ---------------------------------------------------------------------- baseline segments
+def baseline_segments(ev: pd.DataFrame, k: int) -> dict[str, Any]:
+    """Per-user RFM and counts with pandas, StandardScaler, KMeans(k, n_init=1)."""
+    sw = common.Stopwatch()
+    with sw.lap("group-by features"):
+        user = ev["user_id"]
+        ts = ev["timestamp"]
+        at = ts.max()
+        kind = ev["type"].astype("str")
+        g = ev.groupby(user, observed=True, sort=False)
+        first_ts = g["timestamp"].min()
+        counts = pd.crosstab(user, kind).reindex(first_ts.index, fill_value=0)
+        buy = kind == "purchase"
+        gp = ev[buy.to_numpy()].groupby("user_id", observed=True, sort=False)
+        last_buy = gp["timestamp"].max().reindex(first_ts.index)
+        frequency = gp["order_id"].nunique().reindex(first_ts.index, fill_value=0)
+        spent = gp["revenue"].sum().reindex(first_ts.index, fill_value=0.0)
+        refunded = (
+            ev[(kind == "refund").to_numpy()]
+            .groupby("user_id", observed=True, sort=False)["revenue"]
+            .sum()
+            .reindex(first_ts.index, fill_value=0.0)
+        )
+        day = pd.Timedelta(days=1)
+        tenure = (at - first_ts) / day
+        feats = pd.DataFrame(
+            {
+                "recency_days": ((at - last_buy) / day).fillna(tenure),
+                "frequency": frequency.astype("float64"),
+                "monetary": spent - refunded,
+                "tenure_days": tenure,
+                "n_events": counts.sum(axis=1),
+                **{f"n_{c}": counts[c] for c in ("view", "cart", "purchase") if c in counts},
+            }
+        )
+    with sw.lap("StandardScaler"):
+        X = StandardScaler().fit_transform(feats.to_numpy(dtype="float64"))
+    with sw.lap("KMeans"):
+        KMeans(n_clusters=k, n_init=1, random_state=0).fit(X)
+    return {
+        "stages": dict(sw.seconds),
+        "seconds": sum(sw.seconds.values()),
+        "n_users": len(feats),
+        "n_features": X.shape[1],
+        "rss_mb": common.peak_rss_mb(),
+    }
+
+
+# --------------------------------------------------------------------------------- Shoal runs
+def shoal_ingest(url: str, csv_path: Path, profile: Path | None) -> dict[str, Any]:
+    import automation.ingest.run as run_mod
+
+    engine = api.connect(url)
+    probe = common.Probe()
+    probe.wrap_generator_source(run_mod, "read_file", "read+parse CSV")
+    common.install_probes(probe, common.INGEST_PROBES)
+    probe.watch_sql()
+    prof = cProfile.Profile() if profile else None
+    try:
+        t = time.perf_counter()
+        if prof is not None:
+            prof.enable()
+        report = api.ingest(engine, [csv_path])
+        if prof is not None:
+            prof.disable()
+        wall = time.perf_counter() - t
+    finally:
+        probe.restore()
+        engine.dispose()
+    out = {
+        "report": report.to_dict(),
+        "seconds": report.seconds,
+        "wall_seconds": wall,
+        "events_per_second": report.read / report.seconds if report.seconds else None,
+        "breakdown": probe.rows(0.01),
+        "rss_mb": common.peak_rss_mb(),
+    }
+    if prof is not None and profile is not None:
+        prof.dump_stats(str(profile))
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+        out["cprofile_top_tottime"] = buf.getvalue()
+    return out
+
+
+def shoal_segment(url: str, k: str) -> dict[str, Any]:
+    engine = api.connect(url)
+    probe = common.Probe()
+    common.install_probes(probe, common.SEGMENT_PROBES)
+    probe.watch_sql()
+    try:
+        t = time.perf_counter()
+        result = api.segment(engine, method="kmeans", k=k, seed=0)
+        wall = time.perf_counter() - t
+    finally:
+        probe.restore()
+        engine.dispose()
+    d = result.to_dict()
+    return {
+        "k_requested": k,
+        "k": result.k,
+        "n_users": result.n_users,
+        "n_features": len(result.features),
+        "seconds": wall,
+        "timings": dict(result.timings),
+        "untimed": wall - sum(result.timings.values()),
+        "silhouette": d["quality"].get("silhouette"),
+        "stability_ari": d["quality"].get("stability_ari"),
+        "breakdown": probe.rows(0.01),
+        "rss_mb": common.peak_rss_mb(),
+    }
+
+
+# -------------------------------------------------------------------------------------- main
+def run(args: Any, pg: str) -> dict[str, Any]:
+    from automation.simulate import simulate, write_simulation
+
+    res: dict[str, Any] = {
+        "machine": common.machine_info(),
+        "params": {"users": args.users, "days": args.days, "seed": args.seed},
+        "steps": {},
+    }
+    steps = res["steps"]
+    tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
+    try:
+        common.log(f"1. simulate {args.users:,} users x {args.days} days")
+        t = time.perf_counter()
+        sim = simulate(n_users=args.users, days=args.days, seed=args.seed)
+        t_sim = time.perf_counter() - t
+        ev = sim.events
+        t = time.perf_counter()
+        paths = write_simulation(sim, tmp, "csv")
+        t_csv = time.perf_counter() - t
+        csv_path = paths["events"]
+        del sim
+        steps["generate"] = {
+            "events": len(ev),
+            "simulate_seconds": t_sim,
+            "write_csv_seconds": t_csv,
+            "csv_mb": csv_path.stat().st_size / 2**20,
+            "rss_mb": common.peak_rss_mb(),
+        }
+        common.log(f"   {len(ev):,} events, CSV {steps['generate']['csv_mb']:.0f} MiB")
+
+        common.log("2. baseline: keyed rows + bare binary COPY")
+        t = time.perf_counter()
+        rows = keyed_rows(ev)
+        steps["baseline_keying_seconds_untimed"] = time.perf_counter() - t
+        copies = []
+        with common.pg_schema(pg, "bench_base") as (_, url):
+            dsn = common.psycopg_dsn(url)
+            for method in args.copy_methods.split(","):
+                common.log(f"   COPY via {method}")
+                chunk = args.chunk if method == "arrow" else 200_000
+                c = baseline_copy(dsn, rows, method, chunk)
+                c["rss_mb"] = common.peak_rss_mb()
+                copies.append(c)
+                common.log(f"   {method}: {c['seconds']:.1f} s, {c['events_per_second']:,.0f}/s")
+        del rows
+        best = min(copies, key=lambda c: c["seconds"])
+        steps["baseline_copy"] = {"variants": copies, "best": best["method"]}
+
+        with common.pg_schema(pg, "bench_shoal") as (schema, url):
+            common.log(f"3. Shoal ingest into schema {schema}")
+            with psycopg.connect(common.psycopg_dsn(url), autocommit=True) as conn:
+                conn.execute("CHECKPOINT")
+            ing = shoal_ingest(url, csv_path, Path(args.cprofile) if args.cprofile else None)
+            ing["ratio_to_baseline"] = common.ratio(
+                ing["events_per_second"], best["events_per_second"]
+            )
+            steps["shoal_ingest"] = ing
+            common.log(f"   {ing['seconds']:.1f} s, {ing['events_per_second']:,.0f}/s")
+
+            common.log("4. baseline: pandas group-by + StandardScaler + KMeans(8, n_init=1)")
+            steps["baseline_segments"] = baseline_segments(ev, 8)
+            common.log(f"   {steps['baseline_segments']['seconds']:.1f} s")
+            del ev
+
+            common.log("5. Shoal segment k=8")
+            seg = shoal_segment(url, "8")
+            seg["ratio_to_baseline"] = common.ratio(
+                seg["seconds"], steps["baseline_segments"]["seconds"]
+            )
+            steps["shoal_segment_k8"] = seg
+            common.log(f"   {seg['seconds']:.1f} s")
+            if not args.skip_auto:
+                common.log("5b. Shoal segment k=auto")
+                steps["shoal_segment_auto"] = shoal_segment(url, "auto")
+                common.log(f"   {steps['shoal_segment_auto']['seconds']:.1f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["peak_rss_mb"] = common.peak_rss_mb()
+    return res
+
+
+def print_report(res: dict[str, Any]) -> None:
+    common.print_machine(res["machine"])
+    s = res["steps"]
+    p = res["params"]
+    g = s["generate"]
+    print(
+        f"\nSynthetic shop: {p['users']:,} users x {p['days']} days (seed {p['seed']}) -> "
+        f"{g['events']:,} events, CSV {g['csv_mb']:.0f} MiB"
+    )
+    copies = s["baseline_copy"]["variants"]
+    best = next(c for c in copies if c["method"] == s["baseline_copy"]["best"])
+    ing = s["shoal_ingest"]
+    bseg = s["baseline_segments"]
+    k8 = s["shoal_segment_k8"]
+    auto = s.get("shoal_segment_auto")
+    rows: list[list[Any]] = [
+        ["1. simulate", g["simulate_seconds"], None, None, None, g["rss_mb"]],
+        ["1. write CSV", g["write_csv_seconds"], None, None, None, g["rss_mb"]],
+    ]
+    for c in copies:
+        tag = " (baseline)" if c is best else ""
+        rows.append(
+            [
+                f"2. bare COPY, {c['method']}{tag}",
+                c["seconds"],
+                c["events_per_second"],
+                None,
+                None,
+                c["rss_mb"],
+            ]
+        )
+    rows.append(
+        [
+            "3. Shoal ingest (CSV -> events)",
+            ing["seconds"],
+            ing["events_per_second"],
+            ing["ratio_to_baseline"],
+            f">= {TARGET_INGEST} (rate)",
+            ing["rss_mb"],
+        ]
+    )
+    rows.append(
+        [
+            f"4. bare pandas+KMeans(8, n_init=1), {bseg['n_features']} feats",
+            bseg["seconds"],
+            None,
+            None,
+            None,
+            bseg["rss_mb"],
+        ]
+    )
+    rows.append(
+        [
+            f"5. Shoal segment k=8, {k8['n_features']} feats",
+            k8["seconds"],
+            None,
+            k8["ratio_to_baseline"],
+            f"<= {TARGET_SEGMENT} (time)",
+            k8["rss_mb"],
+        ]
+    )
+    if auto:
+        rows.append(
+            [
+                f"5b. Shoal segment k=auto (-> k={auto['k']})",
+                auto["seconds"],
+                None,
+                common.ratio(auto["seconds"], bseg["seconds"]),
+                None,
+                auto["rss_mb"],
+            ]
+        )
+    print()
+    common.print_table(
+        ["step", "seconds", "events/s", "ratio", "target", "peak RSS MiB"],
+        rows,
+    )
+    r = ing["report"]
+    print(
+        f"\nShoal ingest: read {r['read']:,}, accepted {r['accepted']:,}, duplicates "
+        f"{r['duplicates']:,}, quarantined {r['quarantined']:,} {r['quarantine_reasons'] or ''}"
+    )
+    for c in copies:
+        enc = f", encode {c['encode_seconds']:.1f} s" if c["encode_seconds"] is not None else ""
+        print(
+            f"bare COPY {c['method']}: {c['stored']:,} rows stored{enc} (timed); "
+            f"untimed Python prep {c['untimed_prep_seconds']:.1f} s"
+        )
+    print(
+        f"baseline keying (event_ids + factorize, untimed): {s['baseline_keying_seconds_untimed']:.1f} s"
+    )
+
+    print("\nBaseline features-to-segments stages")
+    common.print_table(["stage", "seconds"], [[k, v] for k, v in bseg["stages"].items()])
+    for seg in [k8, auto]:
+        if not seg:
+            continue
+        print(f"\nShoal segment k={seg['k_requested']} stages (result.timings)")
+        trs = [[k, v] for k, v in seg["timings"].items()]
+        trs.append(["untimed (scaling, naming, ...)", seg["untimed"]])
+        trs.append(["TOTAL", seg["seconds"]])
+        trs.append(["users", seg["n_users"]])
+        trs.append(["k", seg["k"]])
+        trs.append(["silhouette", seg["silhouette"]])
+        trs.append(["stability ARI", seg["stability_ari"]])
+        common.print_table(["stage", "seconds"], trs)
+    print(f"\npeak RSS of the process: {res['peak_rss_mb']:.0f} MiB")
+    common.print_breakdown("Shoal ingest breakdown (>= 10 ms)", ing["breakdown"], ing["seconds"])
+    for seg in [k8, auto]:
+        if seg:
+            common.print_breakdown(
+                f"Shoal segment k={seg['k_requested']} breakdown (>= 10 ms)",
+                seg["breakdown"],
+                seg["seconds"],
+            )
+    if ing.get("cprofile_top_tottime"):
+        print("\ncProfile of Shoal ingest (top by own time)")
+        print(ing["cprofile_top_tottime"])
+
+
+def main() -> None:
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--copy-methods",
+        default="arrow,write_row",
+        help="bare COPY encoders to run, comma-separated (arrow, write_row)",
+    )
+    parser.add_argument("--chunk", type=int, default=500_000, help="rows per Arrow COPY chunk")
+    parser.add_argument("--skip-auto", action="store_true", help="skip the k=auto segmentation")
+    parser.add_argument("--cprofile", default=None, help="profile Shoal's ingest into this file")
+    args = parser.parse_args()
+    common.pin_threads()
+    pg = common.pg_url_arg(args.pg)
+    if pg is None:
+        msg = f"no --pg URL and ${common.PG_ENV} unset: this benchmark needs PostgreSQL; skipped"
+        common.log(msg)
+        if args.json:
+            common.dump_json({"skipped": msg})
+        else:
+            print(msg)
+        return
+    res = run(args, pg)
+    if args.json:
+        common.dump_json(res)
+    else:
+        print_report(res)
+
+
+if __name__ == "__main__":
+    main()
