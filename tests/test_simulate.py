@@ -131,21 +131,14 @@ def test_orders_and_refunds(small: Simulation) -> None:
     assert (per_session == 1).all()
     per_order = buys.groupby("order_id", observed=True)[["session_id", "user_id"]].nunique()
     assert (per_order == 1).all().all()
-    refunds = ev[ev["type"] == "refund"]
+    refunds = ev[ev["type"] == "refund"].astype({"order_id": "str", "user_id": "str"})
     assert len(refunds) > 0
-    first_buy = buys.groupby("order_id", observed=True).agg(
-        user=("user_id", "first"), at=("timestamp", "min")
-    )
-    first_buy.index = first_buy.index.astype("str")
-    ref = refunds.assign(order=refunds["order_id"].astype("str"))
-    assert ref["order"].isin(first_buy.index).all()
-    matched = first_buy.loc[ref["order"]]
-    assert (
-        matched["user"].astype("str").to_numpy() == ref["user_id"].astype("str").to_numpy()
-    ).all()
-    assert (matched["at"].to_numpy() < ref["timestamp"].to_numpy()).all()
-    lines = set(zip(buys["order_id"].astype("str"), buys["item_id"].astype("str"), strict=True))
-    assert all(k in lines for k in zip(ref["order"], refunds["item_id"].astype("str"), strict=True))
+    lines = buys.astype({"order_id": "str", "user_id": "str"})[
+        ["order_id", "user_id", "item_id", "timestamp"]
+    ]
+    matched = refunds.merge(lines, on=["order_id", "user_id", "item_id"], suffixes=("", "_buy"))
+    assert set(matched["event_id"]) == set(refunds["event_id"])
+    assert (matched["timestamp_buy"] < matched["timestamp"]).all()
 
 
 def test_funnel_order_within_sessions(small: Simulation) -> None:

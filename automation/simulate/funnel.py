@@ -21,9 +21,9 @@ EVENT_TYPES: tuple[str, ...] = ("view", "cart", "remove", "purchase", "refund", 
 VIEW, CART, REMOVE, PURCHASE, REFUND, RATING = range(len(EVENT_TYPES))
 
 DAY_MS = 86_400_000
-HOUR_WEIGHTS = np.array(
-    [0.3, 0.2, 0.15, 0.1, 0.1, 0.15, 0.3, 0.6, 0.9, 1.0, 1.1, 1.2,
-     1.4, 1.3, 1.1, 1.0, 1.0, 1.1, 1.3, 1.6, 1.8, 1.7, 1.2, 0.6]
+HOUR_WEIGHTS: tuple[float, ...] = (
+    0.3, 0.2, 0.15, 0.1, 0.1, 0.15, 0.3, 0.6, 0.9, 1.0, 1.1, 1.2,
+    1.4, 1.3, 1.1, 1.0, 1.0, 1.1, 1.3, 1.6, 1.8, 1.7, 1.2, 0.6,
 )  # fmt: skip
 """Relative activity per hour of the day (UTC)."""
 
@@ -109,7 +109,7 @@ def _param(regimes: Sequence[Persona], name: str) -> np.ndarray:
 
 def _time_of_day_ms(rng: np.random.Generator, n: int) -> np.ndarray:
     """Milliseconds since midnight, hour drawn from :data:`HOUR_WEIGHTS`."""
-    cum = np.cumsum(HOUR_WEIGHTS) / HOUR_WEIGHTS.sum()
+    cum = np.cumsum(HOUR_WEIGHTS) / sum(HOUR_WEIGHTS)
     cum[-1] = 1.0
     hour = np.searchsorted(cum, rng.random(n), side="right")
     return hour * 3_600_000 + rng.integers(0, 3_600_000, n)

@@ -45,7 +45,7 @@ EVENTS_PER_USER_90D = 10.0
 ACTIVITY_SIGMA = 1.0
 """Log-normal sigma of the per-user activity multiplier (mean 1)."""
 
-WEEKDAY_WEIGHTS = np.array([0.95, 0.95, 0.95, 1.0, 1.05, 1.2, 1.25])
+WEEKDAY_WEIGHTS: tuple[float, ...] = (0.95, 0.95, 0.95, 1.0, 1.05, 1.2, 1.25)
 """Relative session rate Monday .. Sunday."""
 
 _STREAMS = ("catalogue", "users", "windows", "scenarios", "sessions", "funnel")
@@ -254,7 +254,7 @@ def simulate(
     user_base = rngs["users"].choice(len(base), size=n_users, p=shares / shares.sum())
     activity = np.exp(rngs["users"].normal(-(ACTIVITY_SIGMA**2) / 2, ACTIVITY_SIGMA, n_users))
     arrival, quiet = _windows(base, user_base, days, rngs["windows"])
-    weekday = WEEKDAY_WEIGHTS[(day0.day_of_week + np.arange(days)) % 7]
+    weekday = np.asarray(WEEKDAY_WEIGHTS)[(day0.day_of_week + np.arange(days)) % 7]
     scale = _calibrate(base, user_base, activity, arrival, quiet, weekday, target_events)
 
     plan = build_plan(base, user_base, arrival, quiet, specs, days, day0, rngs["scenarios"])
