@@ -282,5 +282,57 @@ def demo(db: str | None, report: str, seed: int, as_json: bool) -> None:
     click.echo(f"\nreport: {Path(report).resolve()}")
 
 
+@main.command()
+@click.option("--users", "n_users", default=10_000, show_default=True, type=int)
+@click.option("--days", default=90, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    metavar="NAME[@DAY]",
+    help="promo, churn, emerging, merge or split (repeatable); @DAY sets the shift day.",
+)
+@click.option("--format", "fmt", default="csv", show_default=True, help="csv, parquet or jsonl.")
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder."
+)
+@json_option
+def simulate(
+    n_users: int,
+    days: int,
+    seed: int,
+    scenarios: tuple[str, ...],
+    fmt: str,
+    out: str,
+    as_json: bool,
+) -> None:
+    """Generate a seeded shop with known personas and known shifts (events + ground truth)."""
+    from automation.simulate import simulate as run_simulation
+    from automation.simulate import write_simulation
+
+    with _errors(as_json):
+        sim = run_simulation(n_users=n_users, days=days, seed=seed, scenarios=scenarios)
+        paths = write_simulation(sim, Path(out), fmt=fmt)
+    summary = {
+        "users": n_users,
+        "days": days,
+        "seed": seed,
+        "events": len(sim.events),
+        "scenarios": sim.scenarios,
+        "files": {k: str(v) for k, v in paths.items()},
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    click.echo(f"{len(sim.events):,} events from {n_users:,} users over {days} days")
+    for sc in sim.scenarios:
+        click.echo(
+            f"  scenario {sc.get('name')} from day {sc.get('day')}: {sc.get('description', '')}"
+        )
+    for kind, path in paths.items():
+        click.echo(f"  {kind}: {path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

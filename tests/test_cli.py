@@ -136,3 +136,26 @@ def test_demo_on_the_bundled_data(tmp_path: Path) -> None:
     html = report.read_text()
     assert html.count("data:image/png;base64,") >= 3
     assert "Choosing the number of segments" in html
+
+
+def test_simulate_writes_events_and_truth(tmp_path: Path) -> None:
+    out = run(
+        "simulate",
+        "--users",
+        "500",
+        "--days",
+        "20",
+        "--scenario",
+        "churn",
+        "--out",
+        str(tmp_path / "sim"),
+        "--json",
+    )
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.output)
+    assert summary["events"] > 0 and summary["scenarios"][0]["name"] == "churn"
+    truth = pd.read_csv(summary["files"]["truth"])
+    assert {"user_id", "day", "persona"} <= set(truth.columns)
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    ing = json.loads(run("ingest", summary["files"]["events"], "--db", db, "--json").output)
+    assert ing["accepted"] == summary["events"] and ing["quarantined"] == 0

@@ -15,8 +15,18 @@ from models import Base
 def test_migrations_applied_on_first_use_and_idempotent(db_url: str) -> None:
     engine = open_store(db_url)
     tables = set(inspect(engine).get_table_names())
-    assert {"events", "users", "items", "quarantine", "segmentations", "segments",
-            "memberships", "user_stats", "user_orders", "user_items"} <= tables
+    assert {
+        "events",
+        "users",
+        "items",
+        "quarantine",
+        "segmentations",
+        "segments",
+        "memberships",
+        "user_stats",
+        "user_orders",
+        "user_items",
+    } <= tables
     with engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == head_revision()
     open_store(db_url).dispose()  # a second open changes nothing
