@@ -5,12 +5,30 @@ first use (see :func:`automation.store.db.open_store`).
 """
 
 from models.base import Base
+from models.dynamics import (
+    BatchUser,
+    FeatureSnapshot,
+    Lock,
+    Outbox,
+    SegmentMigration,
+    SegmentState,
+    SegmentTransition,
+    TaskRun,
+)
 from models.events import Event, IngestBatch, Quarantine
 from models.segments import Membership, Segment, Segmentation
 from models.users import Item, User, UserItem, UserOrder, UserStats
 
 __all__ = [
     "Base",
+    "BatchUser",
+    "FeatureSnapshot",
+    "Lock",
+    "Outbox",
+    "SegmentMigration",
+    "SegmentState",
+    "SegmentTransition",
+    "TaskRun",
     "Event",
     "IngestBatch",
     "Item",

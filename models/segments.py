@@ -34,6 +34,12 @@ class Segmentation(Base):
     features: Mapped[list[str]] = mapped_column(JSONType, nullable=False)
     scaler: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     model: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    kind: Mapped[str] = mapped_column(String(10), nullable=False, default="refit")
+    parent_id: Mapped[int | None] = mapped_column(Integer)
+    base_id: Mapped[int | None] = mapped_column(Integer)
+    last_batch_id: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    n_events: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    users_touched: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
 class Segment(Base):

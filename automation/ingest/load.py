@@ -219,6 +219,14 @@ def load_batch(
     if inserted != staged:
         raise RuntimeError(f"concurrent writer: staged {staged} events, inserted {inserted}")
     fold_into_aggregates(conn, "_stage_events")
+    conn.execute(
+        text(
+            "INSERT INTO batch_users (batch_id, user_key, n_events) "
+            "SELECT batch_id, user_key, COUNT(*) FROM _stage_events GROUP BY batch_id, user_key "
+            "ON CONFLICT (batch_id, user_key) DO UPDATE SET "
+            "n_events = batch_users.n_events + excluded.n_events"
+        )
+    )
     return Loaded(inserted, int(dup_in_batch.sum()) + dup_stored)
 
 
