@@ -334,5 +334,11 @@ def simulate(
         click.echo(f"  {kind}: {path}")
 
 
+from automation.tasks.cli_commands import scheduler, worker  # noqa: E402
+
+main.add_command(worker)
+main.add_command(scheduler)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

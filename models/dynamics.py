@@ -65,6 +65,7 @@ class SegmentState(Base):
     center: Mapped[list[float]] = mapped_column(JSONType, nullable=False)
     spread: Mapped[float] = mapped_column(Float, nullable=False)
     radius: Mapped[float] = mapped_column(Float, nullable=False)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     born_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 

@@ -25,23 +25,19 @@ Features (raw, before scaling; missing values handled as stated):
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-from sklearn.decomposition import TruncatedSVD
 from sqlalchemy import Connection, text
 
 from automation.errors import EmptyStoreError
+from automation.features.affinity import AffinityModel, apply_affinity, fit_affinity
 from automation.features.aggregates import items_select, orders_select, stats_select
-from automation.store.bulk import SQLITE_TS, read_frame
+from automation.store.bulk import SQLITE_TS, create_temp_like, read_frame, write_frame
 
 TREND_WINDOW = timedelta(days=90)
-TOP_CATEGORIES = 8
-TASTE_DIMS = 4
 DAY = np.timedelta64(1, "D")
 
 
@@ -53,6 +49,7 @@ class FeatureTable:
     external_ids: pd.Series
     as_of: pd.Timestamp
     affinity: str  # "category", "taste" or "none"
+    affinity_model: AffinityModel = field(default_factory=AffinityModel)
 
 
 def ts_param(conn: Connection, ts: pd.Timestamp) -> object:
@@ -67,8 +64,26 @@ def ts_param(conn: Connection, ts: pd.Timestamp) -> object:
     return utc.to_pydatetime()
 
 
+def as_utc(value: object) -> pd.Timestamp:
+    """A timestamp in UTC: naive values (as SQLite returns them) are taken as UTC."""
+    ts = pd.Timestamp(value)  # type: ignore[arg-type]
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def _utc(col: pd.Series) -> pd.Series:
     return pd.to_datetime(col, utc=True, format="ISO8601")
+
+
+def restrict_users(conn: Connection, user_keys: list[int] | None) -> str:
+    """A ``AND user_key IN (...)`` clause for ``user_keys`` (a temporary table when many)."""
+    if not user_keys:
+        return ""
+    if len(user_keys) <= 2000:
+        return f" AND user_key IN ({', '.join(str(int(k)) for k in user_keys)})"
+    sql = "user_key bigint" if conn.dialect.name == "postgresql" else "user_key INTEGER"
+    create_temp_like(conn, "_only_users", sql)
+    write_frame(conn, "_only_users", {"user_key": pd.Series(user_keys, dtype="int64")})
+    return " AND user_key IN (SELECT user_key FROM _only_users)"
 
 
 def latest_event_time(conn: Connection) -> pd.Timestamp:
@@ -84,12 +99,15 @@ def build_features(
     random_state: int = 0,
     user_keys: list[int] | None = None,
     from_events: bool = False,
+    affinity_model: AffinityModel | None = None,
 ) -> FeatureTable:
     """Compute every user's features as of ``as_of`` (default: the newest event).
 
     With ``user_keys``, only those users' features are computed (a support lookup); the
     taste coordinates, which need every user, are then left out. ``from_events`` recomputes from
     the events even at the newest time (a consistency check of the running aggregates).
+    ``affinity_model`` computes the affinity columns with a stored model (an incremental update)
+    instead of fitting one.
     """
     latest = latest_event_time(conn)
     at = latest if as_of is None else pd.Timestamp(as_of)
@@ -103,7 +121,7 @@ def build_features(
         stats_src = f"({stats_select(past)})"
         orders_src = f"({orders_select(past)})"
         items_src = f"({items_select(past)})"
-    only = f" AND user_key IN ({', '.join(str(int(k)) for k in user_keys)})" if user_keys else ""
+    only = restrict_users(conn, user_keys)
     stats = read_frame(
         conn,
         f"SELECT s.*, u.external_id FROM {stats_src} s JOIN users u ON u.id = s.user_key"
@@ -131,19 +149,19 @@ def build_features(
         item_params,
     )
     frame = _compose(stats, orders, items, at)
-    affinity, kind = _affinity(
-        conn,
-        items_src,
-        item_params,
-        frame.index,
-        random_state,
-        only.replace("user_key", "ui.user_key"),
-        taste=not user_keys,
-    )
+    if affinity_model is not None:
+        model = affinity_model
+        affinity = apply_affinity(conn, model, frame.index, only.replace("user_key", "ui.user_key"))
+    elif user_keys:
+        model, affinity = AffinityModel(), None  # a lookup: no population-wide model
+    else:
+        affinity, model = fit_affinity(conn, items_src, item_params, frame.index, random_state)
     if affinity is not None:
         frame = frame.join(affinity).fillna({c: 0.0 for c in affinity.columns})
     ext = stats.set_index("user_key")["external_id"].astype("str").reindex(frame.index)
-    return FeatureTable(frame=frame, external_ids=ext, as_of=at, affinity=kind)
+    return FeatureTable(
+        frame=frame, external_ids=ext, as_of=at, affinity=model.kind, affinity_model=model
+    )
 
 
 def _days(delta: pd.Series) -> pd.Series:
@@ -194,66 +212,3 @@ def _compose(
         n_r = s["n_ratings"].astype("float64")
         f["rating_mean"] = (s["rating_sum"] / n_r.where(n_r > 0)).fillna(0.0)
     return f.astype("float64")
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")[:40] or "unnamed"
-
-
-def _affinity(
-    conn: Connection,
-    items_src: str,
-    params: dict[str, object] | None,
-    users: pd.Index,
-    random_state: int,
-    only: str = "",
-    taste: bool = True,
-) -> tuple[pd.DataFrame | None, str]:
-    has_cat = conn.execute(text("SELECT 1 FROM items WHERE category IS NOT NULL LIMIT 1")).scalar()
-    if has_cat:
-        w = read_frame(
-            conn,
-            f"""SELECT ui.user_key, it.category,
-                       SUM(ui.n_views + 2 * ui.n_carts + 4 * ui.n_purchases) AS w
-                FROM {items_src} ui JOIN items it ON it.id = ui.item_key
-                WHERE it.category IS NOT NULL{only} GROUP BY ui.user_key, it.category""",
-            params,
-        )
-        if w.empty:
-            return None, "none"
-        top = w.groupby("category")["w"].sum().nlargest(TOP_CATEGORIES).index
-        w["col"] = np.where(w["category"].isin(top), "aff_" + w["category"].map(_slug), "aff_other")
-        wide = w.pivot_table(index="user_key", columns="col", values="w", aggfunc="sum")
-        wide = wide.reindex(users).fillna(0.0)
-        total = wide.sum(axis=1)
-        return wide.div(total.where(total > 0), axis=0).fillna(0.0), "category"
-    if not taste:
-        return None, "none"
-    ui = read_frame(
-        conn,
-        f"""SELECT ui.user_key, ui.item_key, ui.n_purchases FROM {items_src} ui
-            JOIN items it ON it.id = ui.item_key
-            WHERE ui.n_purchases > 0 AND it.is_product = TRUE""",
-        params,
-    )
-    if ui.empty or ui["item_key"].nunique() <= TASTE_DIMS:
-        return None, "none"
-    rows = users.get_indexer(pd.Index(ui["user_key"]))
-    keep = rows >= 0
-    cols, _ = pd.factorize(ui["item_key"][keep])
-    n_items = int(cols.max()) + 1
-    m = sp.csr_matrix(
-        (np.log1p(ui["n_purchases"].to_numpy(dtype="float64")[keep]), (rows[keep], cols)),
-        shape=(len(users), n_items),
-    )
-    idf = np.log((1 + len(users)) / (1 + np.bincount(cols, minlength=n_items))) + 1
-    m = m @ sp.diags(idf)
-    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
-    m = sp.diags(1 / np.where(norms > 0, norms, 1)) @ m
-    svd = TruncatedSVD(n_components=TASTE_DIMS, random_state=random_state, algorithm="arpack")
-    z = svd.fit_transform(m)
-    # Fix each component's sign so the same data always gives the same coordinates.
-    z *= np.sign(z.sum(axis=0) + 1e-12)
-    return pd.DataFrame(
-        z, index=users, columns=[f"taste_{i + 1}" for i in range(TASTE_DIMS)]
-    ), "taste"

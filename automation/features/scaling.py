@@ -13,8 +13,9 @@ Per column, in order:
 4. **Weights.** Affinity columns (``aff_*``, ``taste_*``) share one unit of weight among them, so
    that many categories do not outvote recency, frequency and value.
 
-Columns with no spread at all when fitted (every user has no views, say) are left out of the
-clustering matrix and listed in ``dropped_``.
+Columns with no spread at all when fitted (every user has no views, or nobody has bought from a
+category yet) are kept at the floor scale and listed in ``constant_``: they add nothing to
+distances today, and a change in them (a new category appearing) shows up tomorrow.
 """
 
 from __future__ import annotations
@@ -79,12 +80,11 @@ class FeatureScaler:
             raise ValidationError("cannot fit the scaler on an empty feature table")
         centers: dict[str, float] = {}
         scales: dict[str, float] = {}
-        dropped: list[str] = []
+        constant: list[str] = []
         for name in raw.columns:
             x = transform_column(name, raw[name].to_numpy(dtype="float64"))
             if np.nanstd(x) == 0:
-                dropped.append(name)
-                continue
+                constant.append(name)
             q1, med, q3 = np.nanpercentile(x, [25, 50, 75])
             scale = (q3 - q1) / 1.349
             if scale <= 0:
@@ -92,13 +92,13 @@ class FeatureScaler:
             floor = 0.05 if name.startswith(BOUNDED_PREFIXES) or _is_affinity(name) else 0.1
             centers[name] = float(med)
             scales[name] = float(max(scale, floor))
-        kept = [c for c in raw.columns if c in centers]
-        if not kept:
+        kept = list(raw.columns)
+        if len(constant) == len(kept):
             raise ValidationError("every feature is constant: nothing to segment on")
         n_aff = sum(_is_affinity(c) for c in kept)
         self.feature_names_in_ = list(raw.columns)
         self.features_ = kept
-        self.dropped_ = dropped
+        self.constant_ = constant
         self.center_ = centers
         self.scale_ = scales
         self.weight_ = {c: (1 / np.sqrt(n_aff) if _is_affinity(c) else 1.0) for c in kept}
@@ -122,7 +122,7 @@ class FeatureScaler:
         return {
             "clip": self.clip,
             "features": self.features_,
-            "dropped": self.dropped_,
+            "constant": self.constant_,
             "center": self.center_,
             "scale": self.scale_,
             "weight": self.weight_,
@@ -132,8 +132,8 @@ class FeatureScaler:
     def from_dict(cls, d: dict[str, Any]) -> FeatureScaler:
         s = cls(clip=float(d["clip"]))
         s.features_ = list(d["features"])
-        s.dropped_ = list(d["dropped"])
-        s.feature_names_in_ = s.features_ + s.dropped_
+        s.constant_ = list(d.get("constant", []))
+        s.feature_names_in_ = list(s.features_)
         s.center_ = {k: float(v) for k, v in d["center"].items()}
         s.scale_ = {k: float(v) for k, v in d["scale"].items()}
         s.weight_ = {k: float(v) for k, v in d["weight"].items()}

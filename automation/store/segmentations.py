@@ -33,7 +33,7 @@ def save_segmentation(
     conn: Connection,
     seg: Segmentation,
     segments: list[SegmentRecord],
-    members: pd.DataFrame,
+    members: pd.DataFrame | None,
 ) -> int:
     """Insert a version, its segments and every member (``user_key``, ``segment_id``,
     ``is_outlier``); the version with the newest ``as_of`` becomes current."""
@@ -44,7 +44,7 @@ def save_segmentation(
             {
                 c.name: getattr(seg, c.name)
                 for c in Segmentation.__table__.columns
-                if c.name not in ("id", "created_at")
+                if c.name not in ("id", "created_at") and getattr(seg, c.name) is not None
             }
         ],
     ).scalar_one()
@@ -67,6 +67,9 @@ def save_segmentation(
             for s in segments
         ],
     )
+    if members is None:  # an update version: only its migrations are stored
+        _refresh_current(conn)
+        return int(seg_id)
     n = len(members)
     as_of = pd.Series([seg.as_of] * n).astype("datetime64[us, UTC]")
     write_frame(

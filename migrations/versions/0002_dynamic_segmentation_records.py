@@ -110,6 +110,11 @@ def upgrade() -> None:
         ),
         sa.Column("spread", sa.Float(), nullable=False),
         sa.Column("radius", sa.Float(), nullable=False),
+        sa.Column(
+            "state",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("born_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("segment_id", name=op.f("pk_segment_state")),

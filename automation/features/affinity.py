@@ -1,0 +1,167 @@
+"""Category affinity: shares of the top categories, or taste coordinates where items have none.
+
+The fitted :class:`AffinityModel` (the top categories, or the SVD's item index, IDF weights and
+components) is stored with each segmentation version, so an incremental update computes the same
+columns for the users it touches: category shares over the same categories, or taste coordinates
+folded in with the same components (``z = x @ components.T``), without refitting.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.decomposition import TruncatedSVD
+from sqlalchemy import Connection, text
+
+from automation.store.bulk import read_frame
+
+TOP_CATEGORIES = 8
+TASTE_DIMS = 4
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")[:40] or "unnamed"
+
+
+@dataclass
+class AffinityModel:
+    kind: str = "none"  # "category", "taste" or "none"
+    categories: list[str] = field(default_factory=list)
+    items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    idf: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    components: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    signs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf,
+            kind=np.array(self.kind),
+            categories=np.array(self.categories, dtype=str),
+            items=self.items,
+            idf=self.idf,
+            components=self.components,
+            signs=self.signs,
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AffinityModel:
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        return cls(
+            kind=str(z["kind"]),
+            categories=[str(c) for c in z["categories"]],
+            items=z["items"],
+            idf=z["idf"],
+            components=z["components"],
+            signs=z["signs"],
+        )
+
+
+def _category_weights(
+    conn: Connection, items_src: str, params: dict[str, object] | None, only: str
+) -> pd.DataFrame:
+    return read_frame(
+        conn,
+        f"""SELECT ui.user_key, it.category,
+                   SUM(ui.n_views + 2 * ui.n_carts + 4 * ui.n_purchases) AS w
+            FROM {items_src} ui JOIN items it ON it.id = ui.item_key
+            WHERE it.category IS NOT NULL{only} GROUP BY ui.user_key, it.category""",
+        params,
+    )
+
+
+def _category_frame(w: pd.DataFrame, categories: list[str], users: pd.Index) -> pd.DataFrame:
+    cols = [f"aff_{slug(c)}" for c in categories] + ["aff_other"]
+    if w.empty:
+        return pd.DataFrame(0.0, index=users, columns=cols)
+    w = w.assign(
+        col=np.where(w["category"].isin(categories), "aff_" + w["category"].map(slug), "aff_other")
+    )
+    wide = w.pivot_table(index="user_key", columns="col", values="w", aggfunc="sum")
+    wide = wide.reindex(index=users, columns=cols).fillna(0.0)
+    total = wide.sum(axis=1)
+    return wide.div(total.where(total > 0), axis=0).fillna(0.0)
+
+
+def _purchases(
+    conn: Connection, items_src: str, params: dict[str, object] | None, only: str
+) -> pd.DataFrame:
+    return read_frame(
+        conn,
+        f"""SELECT ui.user_key, ui.item_key, ui.n_purchases FROM {items_src} ui
+            JOIN items it ON it.id = ui.item_key
+            WHERE ui.n_purchases > 0 AND it.is_product = TRUE{only}""",
+        params,
+    )
+
+
+def _taste_matrix(
+    ui: pd.DataFrame, users: pd.Index, items: np.ndarray, idf: np.ndarray
+) -> sp.csr_matrix:
+    rows = users.get_indexer(pd.Index(ui["user_key"]))
+    cols = pd.Index(items).get_indexer(pd.Index(ui["item_key"]))
+    keep = (rows >= 0) & (cols >= 0)
+    m = sp.csr_matrix(
+        (np.log1p(ui["n_purchases"].to_numpy(dtype="float64")[keep]), (rows[keep], cols[keep])),
+        shape=(len(users), len(items)),
+    )
+    m = m @ sp.diags(idf)
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    return sp.csr_matrix(sp.diags(1 / np.where(norms > 0, norms, 1)) @ m)
+
+
+def _taste_frame(z: np.ndarray, users: pd.Index) -> pd.DataFrame:
+    return pd.DataFrame(z, index=users, columns=[f"taste_{i + 1}" for i in range(z.shape[1])])
+
+
+def fit_affinity(
+    conn: Connection,
+    items_src: str,
+    params: dict[str, object] | None,
+    users: pd.Index,
+    random_state: int,
+) -> tuple[pd.DataFrame | None, AffinityModel]:
+    """Affinity columns for every user in ``users`` and the model that makes them."""
+    has_cat = conn.execute(text("SELECT 1 FROM items WHERE category IS NOT NULL LIMIT 1")).scalar()
+    if has_cat:
+        w = _category_weights(conn, items_src, params, "")
+        if w.empty:
+            return None, AffinityModel()
+        top = [str(c) for c in w.groupby("category")["w"].sum().nlargest(TOP_CATEGORIES).index]
+        model = AffinityModel(kind="category", categories=sorted(top))
+        return _category_frame(w, model.categories, users), model
+    ui = _purchases(conn, items_src, params, "")
+    if ui.empty or ui["item_key"].nunique() <= TASTE_DIMS:
+        return None, AffinityModel()
+    items = np.sort(ui["item_key"].unique().astype(np.int64))
+    df = np.bincount(pd.Index(items).get_indexer(pd.Index(ui["item_key"])), minlength=len(items))
+    idf = np.log((1 + len(users)) / (1 + df)) + 1
+    m = _taste_matrix(ui, users, items, idf)
+    svd = TruncatedSVD(n_components=TASTE_DIMS, random_state=random_state, algorithm="arpack")
+    z = svd.fit_transform(m)
+    # Fix each component's sign so the same data always gives the same coordinates.
+    signs = np.sign(z.sum(axis=0) + 1e-12)
+    model = AffinityModel(
+        kind="taste", items=items, idf=idf, components=svd.components_, signs=signs
+    )
+    return _taste_frame(z * signs, users), model
+
+
+def apply_affinity(
+    conn: Connection, model: AffinityModel, users: pd.Index, only: str
+) -> pd.DataFrame | None:
+    """The same columns for ``users`` (``only`` restricts the query to them), from the model."""
+    if model.kind == "category":
+        w = _category_weights(conn, "user_items", None, only)
+        return _category_frame(w, model.categories, users)
+    if model.kind == "taste":
+        ui = _purchases(conn, "user_items", None, only)
+        m = _taste_matrix(ui, users, model.items, model.idf)
+        return _taste_frame((m @ model.components.T) * model.signs, users)
+    return None

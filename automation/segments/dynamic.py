@@ -1,0 +1,213 @@
+"""Segments that follow behaviour: forgetting centres, hysteresis, and the per-event path.
+
+:class:`DynamicSegmenter` holds every segment's state in the scaled feature space of the last
+refit: a stable business id, a centre, a decayed weight (member count), a spread (mean member
+distance) and a radius (95th percentile of member distances). One :meth:`step` folds in the
+users' current vectors:
+
+1. **Assignment with hysteresis.** A user moves from segment ``a`` to the nearest ``b`` only if
+   ``d(x, b)^2 < (1 - margin) * d(x, a)^2``, so noise does not flip people back and forth.
+2. **Forgetting.** With ``a = 0.5 ** (dt / half_life)``, each centre becomes
+   ``a * centre + (1 - a) * mean(members)`` and each weight ``a * weight + (1 - a) * count``
+   (Spark's StreamingKMeans rule with a half-life in days); the per-event path
+   (:meth:`learn_one`) uses a half-life in events instead.
+3. Structure changes come from :mod:`automation.segments.structure`.
+
+Examples
+--------
+>>> import numpy as np
+>>> X = np.array([[0.0, 0.0], [0.2, 0.0], [5.0, 5.0], [5.2, 5.0]])
+>>> seg = DynamicSegmenter().init_from_partition(X, np.array(["seg-1", "seg-1", "seg-2", "seg-2"]))
+>>> seg.predict_one(np.array([4.0, 4.0]))
+'seg-2'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from automation.errors import ValidationError
+from automation.segments.base import nearest_centroid
+
+NONE = ""
+
+
+@dataclass
+class SegmentStats:
+    """One segment's live state (what ``segment_state`` stores)."""
+
+    segment_id: str
+    center: np.ndarray
+    weight: float
+    spread: float
+    radius: float
+    ref_center: np.ndarray  # the centre at the last refit: drift is measured from it
+    ref_weight: float
+    activity: list[float]  # share of members active per update (newest last)
+    bimodality: float  # 2-means silhouette at the last refit (split baseline)
+    status: str = "active"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "segment_id": self.segment_id,
+            "center": [float(v) for v in self.center],
+            "weight": float(self.weight),
+            "spread": float(self.spread),
+            "radius": float(self.radius),
+            "ref_center": [float(v) for v in self.ref_center],
+            "ref_weight": float(self.ref_weight),
+            "activity": [float(v) for v in self.activity[-60:]],
+            "bimodality": float(self.bimodality),
+            "status": self.status,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SegmentStats:
+        return cls(
+            segment_id=str(d["segment_id"]),
+            center=np.asarray(d["center"], dtype=np.float64),
+            weight=float(d["weight"]),
+            spread=float(d["spread"]),
+            radius=float(d["radius"]),
+            ref_center=np.asarray(d.get("ref_center", d["center"]), dtype=np.float64),
+            ref_weight=float(d.get("ref_weight", d["weight"])),
+            activity=[float(v) for v in d.get("activity", [])],
+            bimodality=float(d.get("bimodality", 0.0)),
+            status=str(d.get("status", "active")),
+        )
+
+
+def member_distances(X: np.ndarray, center: np.ndarray) -> np.ndarray:
+    return np.sqrt(((X - center) ** 2).sum(axis=1))
+
+
+class DynamicSegmenter:
+    """Live segments with stable ids (see the module docstring).
+
+    Parameters
+    ----------
+    half_life_days : float
+        Centres and weights forget with this half-life in event time.
+    half_life_events : float
+        Half-life of the per-event path (:meth:`learn_one`), in events per segment.
+    margin : float
+        Hysteresis: the relative squared-distance gain needed to move a user.
+    """
+
+    def __init__(
+        self, half_life_days: float = 14.0, half_life_events: float = 5000.0, margin: float = 0.15
+    ) -> None:
+        self.half_life_days = half_life_days
+        self.half_life_events = half_life_events
+        self.margin = margin
+
+    # ----------------------------------------------------------------------------- state
+    def init_from_partition(
+        self, X: np.ndarray, labels: np.ndarray, bimodality: dict[str, float] | None = None
+    ) -> DynamicSegmenter:
+        """Start from a partition (a refit): one segment per distinct non-empty id."""
+        self._validate()
+        self.segments_: list[SegmentStats] = []
+        for sid in sorted({str(v) for v in labels if v != NONE}, key=_id_order):
+            members = X[labels == sid]
+            center = members.mean(axis=0)
+            d = member_distances(members, center)
+            self.segments_.append(
+                SegmentStats(
+                    segment_id=sid,
+                    center=center,
+                    weight=float(len(members)),
+                    spread=float(d.mean()) if len(d) else 0.0,
+                    radius=float(np.quantile(d, 0.95)) if len(d) else 0.0,
+                    ref_center=center.copy(),
+                    ref_weight=float(len(members)),
+                    activity=[],
+                    bimodality=(bimodality or {}).get(sid, 0.0),
+                )
+            )
+        return self
+
+    def load_state(self, states: list[dict[str, Any]]) -> DynamicSegmenter:
+        self._validate()
+        self.segments_ = [SegmentStats.from_dict(s) for s in states]
+        return self
+
+    def state(self) -> list[dict[str, Any]]:
+        return [s.to_dict() for s in self.segments_]
+
+    def _validate(self) -> None:
+        if self.half_life_days <= 0:
+            raise ValidationError(f"half_life_days={self.half_life_days} should be > 0")
+        if self.half_life_events <= 0:
+            raise ValidationError(f"half_life_events={self.half_life_events} should be > 0")
+        if not 0 <= self.margin < 1:
+            raise ValidationError(f"margin={self.margin} should be in [0, 1)")
+
+    @property
+    def active(self) -> list[SegmentStats]:
+        return [s for s in self.segments_ if s.status == "active"]
+
+    def centers(self) -> tuple[list[str], np.ndarray]:
+        act = self.active
+        return [s.segment_id for s in act], np.stack([s.center for s in act])
+
+    # ------------------------------------------------------------------------ assignment
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Nearest active segment id per row (no hysteresis)."""
+        ids, centers = self.centers()
+        idx, _ = nearest_centroid(np.asarray(X, dtype=np.float64), centers)
+        return np.asarray(ids, dtype=object)[idx]
+
+    def assign(self, X: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """New segment id per row: the nearest, unless the current one is nearly as close."""
+        ids, centers = self.centers()
+        X = np.asarray(X, dtype=np.float64)
+        best, best_d2 = nearest_centroid(X, centers)
+        out = np.asarray(ids, dtype=object)[best]
+        pos = {sid: i for i, sid in enumerate(ids)}
+        cur_idx = np.array([pos.get(str(c), -1) for c in current], dtype=np.int64)
+        has = cur_idx >= 0
+        if has.any():
+            diff = X[has] - centers[cur_idx[has]]
+            cur_d2 = np.einsum("ij,ij->i", diff, diff)
+            stay = best_d2[has] >= (1.0 - self.margin) * cur_d2
+            kept = np.asarray(current, dtype=object)[has]
+            out[has] = np.where(stay, kept, out[has])
+        return out
+
+    # --------------------------------------------------------------------- learning
+    def decay(self, X: np.ndarray, labels: np.ndarray, dt_days: float) -> None:
+        """Move centres towards their members' current mean with the day half-life."""
+        a = 0.5 ** (max(dt_days, 0.0) / self.half_life_days)
+        for s in self.active:
+            mask = labels == s.segment_id
+            n = int(mask.sum())
+            if n:
+                members = X[mask]
+                s.center = a * s.center + (1 - a) * members.mean(axis=0)
+                d = member_distances(members, s.center)
+                s.spread = a * s.spread + (1 - a) * float(d.mean())
+                s.radius = a * s.radius + (1 - a) * float(np.quantile(d, 0.95))
+            s.weight = a * s.weight + (1 - a) * n
+
+    def predict_one(self, x: np.ndarray) -> str:
+        """The per-event path: the nearest active segment of one scaled vector."""
+        return str(self.predict(np.asarray(x, dtype=np.float64).reshape(1, -1))[0])
+
+    def learn_one(self, x: np.ndarray, current: str | None = None) -> str:
+        """Assign one vector (with hysteresis from ``current``) and move that centre towards it."""
+        x = np.asarray(x, dtype=np.float64).reshape(1, -1)
+        sid = str(self.assign(x, np.array([current or NONE], dtype=object))[0])
+        a = 0.5 ** (1.0 / self.half_life_events)
+        for s in self.active:
+            if s.segment_id == sid:
+                s.center = a * s.center + (1 - a) * x[0]
+        return sid
+
+
+def _id_order(sid: str) -> tuple[int, str]:
+    tail = sid.rsplit("-", 1)[-1]
+    return (int(tail), sid) if tail.isdigit() else (1 << 30, sid)

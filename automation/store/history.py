@@ -1,0 +1,285 @@
+"""The recorded history of the live segmentation: resolution as of a time, and its writers.
+
+A *refit* version stores a full snapshot of memberships; an *update* version stores only the
+users who moved (``segment_migrations``) on top of its refit (``base_id``). The assignment of
+every user as of T is the snapshot of the newest version at or before T plus, per user, the last
+migration of that lineage up to that version: two range queries, no replay.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Row, text
+
+from automation.features.affinity import AffinityModel
+from automation.store.bulk import read_frame, write_frame
+from automation.store.segmentations import current_version, version_as_of
+
+
+def _bool(col: pd.Series) -> pd.Series:
+    return col.astype(str).str.lower().isin(["1", "true", "t"])
+
+
+def resolve(conn: Connection, version: Row[Any]) -> pd.DataFrame:
+    """``user_key``, ``segment_id``, ``is_outlier`` of every user in ``version``."""
+    base = version.base_id or version.id
+    snap = read_frame(
+        conn,
+        "SELECT user_key, segment_id, is_outlier FROM memberships WHERE segmentation_id = :b",
+        {"b": base},
+    )
+    snap["is_outlier"] = _bool(snap["is_outlier"]) if len(snap) else snap["is_outlier"]
+    if version.id == base:
+        return snap
+    moves = read_frame(
+        conn,
+        """SELECT user_key, to_segment, version_id, id FROM segment_migrations
+           WHERE base_id = :b AND version_id > :b AND version_id <= :v""",
+        {"b": base, "v": version.id},
+    )
+    if moves.empty:
+        return snap
+    last = moves.sort_values(["version_id", "id"]).drop_duplicates("user_key", keep="last")
+    merged = snap.set_index("user_key")
+    upd = last.set_index("user_key")["to_segment"].astype(str)
+    merged = merged.reindex(merged.index.union(upd.index))
+    merged.loc[upd.index, "segment_id"] = upd
+    merged["is_outlier"] = merged["is_outlier"].fillna(False).astype(bool)
+    return merged.reset_index()
+
+
+def assignments_at(
+    conn: Connection, at: pd.Timestamp | None = None
+) -> tuple[Row[Any], pd.DataFrame]:
+    """The version in force at ``at`` (default: current) and every user's segment in it."""
+    version = current_version(conn) if at is None else version_as_of(conn, at)
+    return version, resolve(conn, version)
+
+
+def write_migrations(
+    conn: Connection, version_id: int, base_id: int, at: pd.Timestamp, moves: pd.DataFrame
+) -> None:
+    """``moves``: user_key, from_segment, to_segment, reason, n_events, explanation (dict)."""
+    n = len(moves)
+    if n == 0:
+        return
+    write_frame(
+        conn,
+        "segment_migrations",
+        {
+            "version_id": pd.Series(np.full(n, version_id, dtype=np.int64)),
+            "base_id": pd.Series(np.full(n, base_id, dtype=np.int64)),
+            "user_key": moves["user_key"].astype("int64").reset_index(drop=True),
+            "from_segment": moves["from_segment"].astype(object).reset_index(drop=True),
+            "to_segment": moves["to_segment"].astype(str).reset_index(drop=True),
+            "at": pd.Series([at] * n).astype("datetime64[us, UTC]"),
+            "reason": moves["reason"].astype(str).reset_index(drop=True),
+            "n_events": moves["n_events"].astype("int64").reset_index(drop=True),
+            "explanation": pd.Series(
+                [json.dumps(e, default=float) for e in moves["explanation"]], dtype=object
+            ),
+        },
+    )
+
+
+def write_outbox(
+    conn: Connection,
+    version_id: int,
+    at: pd.Timestamp,
+    moves: pd.DataFrame,
+    transitions: list[dict[str, Any]],
+    names: dict[str, str],
+) -> int:
+    """Segment Entered / Exited per move, Segment Born / Retired per transition; unique keys."""
+    rows: list[dict[str, Any]] = []
+    stamp = at.isoformat()
+    users: list[Any] = moves["user_key"].tolist()
+    froms: list[Any] = moves["from_segment"].tolist()
+    tos: list[Any] = moves["to_segment"].tolist()
+    reasons: list[Any] = moves["reason"].tolist()
+    for user_key, from_seg, to_seg, reason in zip(users, froms, tos, reasons, strict=True):
+        user = int(user_key)
+        if isinstance(from_seg, str) and from_seg:
+            extra = {"to": to_seg, "reason": reason}
+            rows.append(_event("Segment Exited", version_id, user, from_seg, stamp, extra, names))
+        extra = {"from": from_seg or None, "reason": reason}
+        rows.append(_event("Segment Entered", version_id, user, str(to_seg), stamp, extra, names))
+    for t in transitions:
+        kind = {
+            "born": "Segment Born",
+            "emergence": "Segment Born",
+            "retired": "Segment Retired",
+            "disappearance": "Segment Retired",
+            "merged": "Segment Merged",
+            "split": "Segment Split",
+            "drifted": "Segment Drifted",
+        }.get(t["type"])
+        if kind:
+            rows.append(
+                _event(
+                    kind,
+                    version_id,
+                    None,
+                    t["segments"][0],
+                    stamp,
+                    {"segments": t["segments"], "evidence": t["evidence"]},
+                    names,
+                )
+            )
+    if not rows:
+        return 0
+    frame = pd.DataFrame(rows)
+    write_frame(
+        conn,
+        "outbox",
+        {
+            "key": frame["key"],
+            "event": frame["event"],
+            "user_key": frame["user_key"].astype("Int64"),
+            "segment_id": frame["segment_id"],
+            "version_id": frame["version_id"].astype("int64"),
+            "at": pd.Series([at] * len(frame)).astype("datetime64[us, UTC]"),
+            "payload": frame["payload"],
+        },
+    )
+    return len(frame)
+
+
+def _event(
+    kind: str,
+    version: int,
+    user: int | None,
+    segment: str,
+    at: str,
+    extra: dict[str, Any],
+    names: dict[str, str],
+) -> dict[str, Any]:
+    key = f"{kind.split()[-1].lower()}:{version}:{user if user is not None else '-'}:{segment}"
+    payload = {
+        "event": kind,
+        "segment_id": segment,
+        "segment_name": names.get(segment),
+        "version": version,
+        "at": at,
+        **extra,
+    }
+    return {
+        "key": key,
+        "event": kind,
+        "user_key": user,
+        "segment_id": segment,
+        "version_id": version,
+        "payload": json.dumps(payload, default=str),
+    }
+
+
+def write_transitions(
+    conn: Connection, version_id: int, at: pd.Timestamp, transitions: list[dict[str, Any]]
+) -> None:
+    for t in transitions:
+        conn.execute(
+            text(
+                "INSERT INTO segment_transitions (version_id, at, type, segments, evidence) "
+                "VALUES (:v, :at, :t, :s, :e)"
+            ),
+            {
+                "v": version_id,
+                "at": _ts(conn, at),
+                "t": t["type"],
+                "s": json.dumps(t["segments"]),
+                "e": json.dumps(t["evidence"], default=float),
+            },
+        )
+
+
+def _ts(conn: Connection, at: pd.Timestamp) -> Any:
+    from automation.features.build import ts_param
+
+    return ts_param(conn, at)
+
+
+def save_state(
+    conn: Connection, version_id: int, at: pd.Timestamp, states: list[dict[str, Any]]
+) -> None:
+    """Replace the live segment state (retired and merged segments keep their last row)."""
+    for s in states:
+        conn.execute(
+            text(
+                "INSERT INTO segment_state (segment_id, status, version_id, weight, center, "
+                "spread, radius, state, born_at, updated_at) VALUES (:id, :st, :v, :w, :c, :sp, "
+                ":r, :state, :at, :at) ON CONFLICT (segment_id) DO UPDATE SET "
+                "status = excluded.status, version_id = excluded.version_id, "
+                "weight = excluded.weight, center = excluded.center, spread = excluded.spread, "
+                "radius = excluded.radius, state = excluded.state, updated_at = excluded.updated_at"
+            ),
+            {
+                "id": s["segment_id"],
+                "st": s["status"],
+                "v": version_id,
+                "w": s["weight"],
+                "c": json.dumps(s["center"]),
+                "sp": s["spread"],
+                "r": s["radius"],
+                "state": json.dumps(s),
+                "at": _ts(conn, at),
+            },
+        )
+
+
+def load_state(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        text("SELECT state FROM segment_state WHERE status = 'active' ORDER BY segment_id")
+    ).all()
+    return [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
+
+
+def save_snapshot(
+    conn: Connection,
+    version_id: int,
+    at: pd.Timestamp,
+    raw: pd.DataFrame,
+    model: AffinityModel,
+) -> None:
+    """The per-user raw features of this version (only the newest snapshot is kept)."""
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        user_keys=raw.index.to_numpy(dtype=np.int64),
+        values=raw.to_numpy(dtype=np.float32),
+        affinity=np.frombuffer(model.to_bytes(), dtype=np.uint8),
+    )
+    conn.execute(text("DELETE FROM feature_snapshots"))
+    conn.execute(
+        text(
+            "INSERT INTO feature_snapshots (version_id, as_of, columns, data) "
+            "VALUES (:v, :at, :c, :d)"
+        ),
+        {
+            "v": version_id,
+            "at": _ts(conn, at),
+            "c": json.dumps(list(raw.columns)),
+            "d": buf.getvalue(),
+        },
+    )
+
+
+def load_snapshot(conn: Connection) -> tuple[pd.DataFrame, pd.Timestamp, AffinityModel] | None:
+    row = conn.execute(
+        text("SELECT as_of, columns, data FROM feature_snapshots ORDER BY version_id DESC LIMIT 1")
+    ).first()
+    if row is None:
+        return None
+    cols = json.loads(row[1]) if isinstance(row[1], str) else row[1]
+    z = np.load(io.BytesIO(bytes(row[2])), allow_pickle=False)
+    raw = pd.DataFrame(
+        z["values"].astype(np.float64),
+        index=pd.Index(z["user_keys"], name="user_key"),
+        columns=cols,
+    )
+    at = pd.Timestamp(pd.to_datetime(pd.Series([row[0]]), utc=True, format="ISO8601").iloc[0])
+    return raw, at, AffinityModel.from_bytes(z["affinity"].tobytes())

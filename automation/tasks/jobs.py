@@ -1,0 +1,264 @@
+"""Shoal's background tasks: ingest, incremental update, drift check, refit.
+
+=====================  ===============================================================
+``shoal.ingest``       ``(paths, preset=None, maps=(), sets=())``: ingest files the worker
+                       can read (absolute paths); idempotent by event ids.
+``shoal.update``       ``()``: fold every pending ingest batch into the segmentation;
+                       enqueues ``shoal.refit`` at once when drift passes its bound.
+``shoal.drift_check``  ``()``: measure drift; enqueues ``shoal.refit`` at once when needed.
+``shoal.refit``        ``(method="kmeans", k="auto", seed=0)``: the full refit.
+=====================  ===============================================================
+
+Delivery is at least once (late acknowledgement); effects are exactly once: ``update`` and
+``refit`` pass their task id as ``task_key``, recorded in ``task_runs`` in the same transaction
+as their effects, and a message delivered again (same task id) or retried changes nothing twice.
+A refit enqueued by ``update`` or ``drift_check`` gets the id ``<parent id>:refit``, so a parent
+run twice enqueues one refit's worth of effects. Transient failures (database or broker
+connection, deadlock, serialisation failure) are retried with exponential backoff, at most five
+times; domain errors (:class:`~automation.errors.ShoalError`) never are. Every task returns a
+JSON-safe dict.
+
+Each process opens one engine per database URL, on first use (so prefork children never share a
+parent's connections).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import kombu.exceptions
+import redis.exceptions
+from sqlalchemy import Engine, text
+from sqlalchemy import exc as sa_exc
+
+from automation.errors import EmptyStoreError, ShoalError
+from automation.store.db import make_engine, upgrade
+from automation.store.locks import already_done
+
+if TYPE_CHECKING:
+    from automation.tasks.celery_app import ShoalCelery
+
+INGEST = "shoal.ingest"
+UPDATE = "shoal.update"
+DRIFT_CHECK = "shoal.drift_check"
+REFIT = "shoal.refit"
+TASK_NAMES = (INGEST, UPDATE, DRIFT_CHECK, REFIT)
+
+log = logging.getLogger("shoal.tasks")
+
+
+class ConnectionInvalidated(ConnectionError):
+    """A database error that invalidated the connection: worth a retry on a fresh one."""
+
+
+#: Errors a retry can cure: lost or refused connections, deadlocks, serialisation failures.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.TimeoutError,
+    ConnectionError,  # includes ConnectionInvalidated, refused/reset sockets
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+_ENGINES: dict[tuple[int, str], Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def engine_for(url: str) -> Engine:
+    """This process's engine for ``url``, opened (and migrated) on first use."""
+    key = (os.getpid(), url)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = make_engine(url)
+            # Connect once before migrating, so that an unreachable database raises the
+            # (retryable) OperationalError rather than a ConfigError.
+            engine.connect().close()
+            upgrade(engine)
+            _ENGINES[key] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close this process's engines (tests, and the worker before it forks its pool)."""
+    with _ENGINES_LOCK:
+        for (pid, _), engine in list(_ENGINES.items()):
+            if pid == os.getpid():
+                engine.dispose()
+        _ENGINES.clear()
+
+
+@contextmanager
+def transient_errors() -> Iterator[None]:
+    """Turn a database error that invalidated its connection into a retryable error."""
+    try:
+        yield
+    except sa_exc.DBAPIError as err:
+        if err.connection_invalidated and not isinstance(err, sa_exc.OperationalError):
+            raise ConnectionInvalidated(str(err.orig or err)) from err
+        raise
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` as plain JSON types (timestamps and numpy numbers become strings/numbers)."""
+    return json.loads(json.dumps(data, default=_default))
+
+
+def _default(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    return str(value)
+
+
+def recorded_result(engine: Engine, key: str) -> dict[str, Any] | None:
+    """The result a completed task run ``key`` recorded, or ``None``."""
+    with engine.connect() as conn:
+        return already_done(conn, key)
+
+
+def record_run(engine: Engine, key: str, task: str, result: Mapping[str, Any]) -> None:
+    """Record ``key`` as done unless it already is (for tasks idempotent by their own means)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO task_runs (key, task, result) VALUES (:k, :t, :r) "
+                "ON CONFLICT (key) DO NOTHING"
+            ),
+            {"k": key, "t": task, "r": json.dumps(json_safe(result))},
+        )
+
+
+def enqueue(
+    app: ShoalCelery,
+    name: str,
+    kwargs: Mapping[str, Any] | None = None,
+    task_id: str | None = None,
+    expires: float | None = None,
+) -> str:
+    """Send task ``name`` (in-process at once when there is no broker); returns its id."""
+    result = app.tasks[name].apply_async(
+        kwargs=dict(kwargs or {}), task_id=task_id, expires=expires
+    )
+    if app.eager and result.failed():  # in-process: nobody else will see the failure
+        err = result.result
+        if isinstance(err, ShoalError):
+            log.warning("%s[%s]: %s", name, result.id, err)
+        else:
+            log.error("%s[%s] failed: %r\n%s", name, result.id, err, result.traceback or "")
+    return str(result.id)
+
+
+def _key(request: Any) -> str:
+    return str(request.id or uuid.uuid4())
+
+
+def register_tasks(app: ShoalCelery) -> None:
+    """Register the four tasks on ``app``; they open the store at ``app.settings``."""
+    options: dict[str, Any] = {
+        "bind": True,
+        "shared": False,  # each app keeps its own tasks (bound to its settings)
+        "autoretry_for": TRANSIENT,
+        "dont_autoretry_for": (ShoalError,),
+        "retry_backoff": True,
+        "retry_backoff_max": 300,
+        "retry_jitter": True,
+        "max_retries": 5,
+    }
+
+    def engine() -> Engine:
+        return engine_for(app.settings.database_url)
+
+    def follow_up_refit(key: str) -> str:
+        return enqueue(app, REFIT, task_id=f"{key}:refit")
+
+    @app.task(name=INGEST, **options)
+    def ingest(
+        self: Any,
+        paths: Sequence[str],
+        preset: str | None = None,
+        maps: Sequence[str] = (),
+        sets: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        from automation import api
+
+        key = _key(self.request)
+        with transient_errors():
+            eng = engine()
+            done = recorded_result(eng, key)
+            if done is not None:
+                return {**done, "status": "already_done"}
+            report = api.ingest(
+                eng, list(paths), preset, list(maps), list(sets), settings=app.settings
+            )
+            data = json_safe({"task_id": key, "status": "done", **report.to_dict()})
+            record_run(eng, key, "ingest", data)
+        return dict(data)
+
+    @app.task(name=UPDATE, **options)
+    def update(self: Any) -> dict[str, Any]:
+        from automation.segments.update import run_update
+
+        key = _key(self.request)
+        with transient_errors():
+            eng = engine()
+            done = recorded_result(eng, key)
+            if done is not None:
+                data: dict[str, Any] = {**done, "status": "already_done"}
+            else:
+                try:
+                    result = run_update(eng, app.settings, task_key=key)
+                except EmptyStoreError as err:
+                    return {"task_id": key, "status": "skipped", "reason": str(err)}
+                if result is not None:
+                    data = {**result.to_dict(), "status": "done"}
+                else:
+                    done = recorded_result(eng, key)
+                    status = "nothing_pending" if done is None else "already_done"
+                    data = {**(done or {}), "status": status}
+        data["task_id"] = key
+        if data.get("refit_recommended"):
+            data["refit_task_id"] = follow_up_refit(key)
+        return dict(json_safe(data))
+
+    @app.task(name=DRIFT_CHECK, **options)
+    def drift_check(self: Any) -> dict[str, Any]:
+        from automation.segments.update import check_drift
+
+        key = _key(self.request)
+        with transient_errors():
+            try:
+                report = check_drift(engine())
+            except EmptyStoreError as err:
+                return {"task_id": key, "status": "skipped", "reason": str(err)}
+        data: dict[str, Any] = {"task_id": key, "status": "done", **report.to_dict()}
+        if report.refit_needed:
+            data["refit_task_id"] = follow_up_refit(key)
+        return dict(json_safe(data))
+
+    @app.task(name=REFIT, **options)
+    def refit(
+        self: Any, method: str = "kmeans", k: str | int = "auto", seed: int = 0
+    ) -> dict[str, Any]:
+        from automation.segments.pipeline import run_segmentation
+
+        key = _key(self.request)
+        with transient_errors():
+            eng = engine()
+            # Fast path for a message delivered again after its refit committed; the refit
+            # checks the key again under its lock, which is what makes it exactly once.
+            done = recorded_result(eng, key)
+            if done is not None:
+                return dict(json_safe({**done, "task_id": key, "status": "already_done"}))
+            result = run_segmentation(eng, method, k, None, seed, None, task_key=key)
+        data = {**result.to_dict(), "task_id": key, "status": "done"}
+        data.pop("k_selection", None)
+        return dict(json_safe(data))

