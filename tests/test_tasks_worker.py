@@ -52,8 +52,8 @@ class Cluster:
     update_ids: set[str] = field(default_factory=set)
 
     def kwargs(self, task: str, i: int) -> dict[str, Any]:
-        if task == INGEST:
-            return {"paths": [str(self.files[i])]}
+        if task == INGEST:  # 0: the first six days; i > 0: day 5 + i
+            return {"paths": [str(p) for p in (self.files[:6] if i == 0 else [self.files[5 + i]])]}
         return {"k": 3} if task == REFIT else {}
 
     def send(self, task: str, i: int = 0) -> str:
@@ -102,7 +102,7 @@ def cluster(pg_url: str, tmp_path: Path) -> Iterator[Cluster]:
         worker = Worker(env, tmp_path / "worker.log")
         engine = open_store(pg_url)
         try:
-            yield Cluster(app, worker, engine, app_name, day_files(tmp_path / "days"))
+            yield Cluster(app, worker, engine, app_name, day_files(tmp_path / "days", days=16))
         finally:
             worker.kill()
             if worker.log.exists():  # shown by pytest when the test failed
@@ -175,7 +175,7 @@ def crash_cycles(c: Cluster, n: int, tmp_path: Path) -> None:
     c.run(REFIT)
     plan = [INGEST, UPDATE, REFIT]
     for cycle in range(n):
-        day = 1 + cycle % (len(c.files) - 1)
+        day = 1 + cycle % (len(c.files) - 6)
         victim = plan[cycle % 3]
         whole = cycle % 2 == 0
         if victim != INGEST:
