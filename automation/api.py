@@ -13,6 +13,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -26,16 +27,11 @@ from automation.errors import EmptyStoreError, NotFoundError, ValidationError
 from automation.features.build import build_features, latest_event_time
 from automation.ingest.run import IngestReport, ingest_files
 from automation.segments.pipeline import SegmentationResult, run_segmentation
+from automation.segments.update import run_update
 from automation.store.bulk import read_frame
 from automation.store.db import open_store
-from automation.store.segmentations import (
-    assignments as _assignments,
-)
-from automation.store.segmentations import (
-    current_version,
-    segments_of,
-    version_as_of,
-)
+from automation.store.history import migrations_between, resolve, resolve_user
+from automation.store.segmentations import current_version, segments_of, version_as_of
 from models import User
 
 BUNDLED_ONLINE_RETAIL = Path(__file__).resolve().parent / "data" / "online_retail.csv.gz"
@@ -119,60 +115,201 @@ def segments(engine: Engine, as_of: datetime | str | None = None) -> dict[str, A
 
 
 def assignments(engine: Engine, as_of: datetime | str | None = None) -> pd.DataFrame:
-    """Every user's segment id and name (current, or as of a time)."""
+    """Every user's segment id and name (current, or as of a time), with the version."""
     with engine.connect() as conn:
         seg = current_version(conn) if as_of is None else version_as_of(conn, _timestamp(as_of))
-        return _assignments(conn, seg.id)
+        frame = resolve(conn, seg)
+        users = read_frame(conn, "SELECT id AS user_key, external_id AS user_id FROM users")
+        names = {str(s.segment_id): str(s.name) for s in segments_of(conn, seg.id)}
+    out = frame.merge(users, on="user_key", how="left")
+    out["segment_name"] = out["segment_id"].astype(str).map(names)
+    out["version"] = seg.id
+    out["as_of"] = pd.Timestamp(seg.as_of).isoformat()
+    cols = ["user_id", "segment_id", "segment_name", "is_outlier", "version", "as_of"]
+    return out[cols].sort_values("user_id").reset_index(drop=True)
 
 
-def user(engine: Engine, user_id: str) -> dict[str, Any]:
-    """A user's features now, current segment and segment history across versions."""
+def user(engine: Engine, user_id: str, as_of: datetime | str | None = None) -> dict[str, Any]:
+    """A user's features now, segment (current or as of a time) and segment history."""
     with engine.connect() as conn:
         key = conn.execute(select(User.id).where(User.external_id == user_id)).scalar()
         if key is None:
             raise NotFoundError(f"no user {user_id!r} in the store")
         feats = build_features(conn, user_keys=[int(key)])
-        history = read_frame(
-            conn,
-            """SELECT m.segmentation_id AS version, m.segment_id, s.name AS segment_name,
-                      m.is_outlier, m.valid_from, m.valid_to
-               FROM memberships m JOIN segments s
-                 ON s.segmentation_id = m.segmentation_id AND s.segment_id = m.segment_id
-               WHERE m.user_key = :k ORDER BY m.valid_from, m.segmentation_id""",
-            {"k": int(key)},
-        )
+        at = latest_event_time(conn)
+        segment = None
         try:
-            cur: Row[Any] | None = current_version(conn)
+            version = (
+                current_version(conn) if as_of is None else version_as_of(conn, _timestamp(as_of))
+            )
         except EmptyStoreError:
-            cur = None
-        as_of = latest_event_time(conn)
+            version = None
+        if version is not None:
+            sid = resolve_user(conn, version, int(key))
+            names = {str(s.segment_id): str(s.name) for s in segments_of(conn, version.id)}
+            if sid is not None:
+                segment = {
+                    "version": version.id,
+                    "as_of": pd.Timestamp(version.as_of).isoformat(),
+                    "id": sid,
+                    "name": names.get(sid),
+                }
+        moves = migrations_between(conn, user_key=int(key))
     row = feats.frame.iloc[0] if len(feats.frame) else pd.Series(dtype=float)
-    current = None
-    if cur is not None and len(history):
-        now = history[history["version"].astype(int) == cur.id]
-        if len(now):
-            current = {
-                "version": cur.id,
-                "id": str(now["segment_id"].iloc[0]),
-                "name": str(now["segment_name"].iloc[0]),
-                "is_outlier": str(now["is_outlier"].iloc[0]).lower() in ("1", "true", "t"),
-            }
     return {
         "user_id": user_id,
-        "as_of": as_of.isoformat(),
+        "as_of": at.isoformat(),
         "features": {k: float(v) for k, v in row.items()},
-        "segment": current,
-        "history": [
-            {
-                "version": int(r["version"]),
-                "segment_id": str(r["segment_id"]),
-                "segment_name": str(r["segment_name"]),
-                "valid_from": str(r["valid_from"]),
-                "valid_to": None if pd.isna(r["valid_to"]) else str(r["valid_to"]),
-            }
-            for _, r in history.iterrows()
-        ],
+        "segment": segment,
+        "history": [_migration_dict(r) for r in moves.to_dict("records")],
     }
+
+
+def _migration_dict(r: dict[Any, Any]) -> dict[str, Any]:
+    expl = r["explanation"]
+    return {
+        "user_id": r["user_id"],
+        "from": r["from"],
+        "to": r["to"],
+        "at": pd.Timestamp(r["at"]).isoformat(),
+        "reason": r["reason"],
+        "events": int(r["events"]),
+        "version": int(r["version"]),
+        "explanation": json.loads(expl) if isinstance(expl, str) else expl,
+    }
+
+
+def migrations(
+    engine: Engine,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    user_id: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Recorded migrations: who moved, from where, to where, when, why."""
+    with engine.connect() as conn:
+        key = None
+        if user_id is not None:
+            key = conn.execute(select(User.id).where(User.external_id == user_id)).scalar()
+            if key is None:
+                raise NotFoundError(f"no user {user_id!r} in the store")
+        frame = migrations_between(
+            conn,
+            _timestamp(since) if since is not None else None,
+            _timestamp(until) if until is not None else None,
+            key,
+            limit,
+        )
+    return [_migration_dict(r) for r in frame.to_dict("records")]
+
+
+def history(engine: Engine, segment_id: str) -> dict[str, Any]:
+    """A segment's life: its size in every version, and every transition involving it."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT s.segmentation_id, g.kind, g.as_of, s.name, s.size, s.share "
+                "FROM segments s JOIN segmentations g ON g.id = s.segmentation_id "
+                "WHERE s.segment_id = :sid ORDER BY g.as_of, g.id"
+            ),
+            {"sid": segment_id},
+        ).all()
+        if not rows:
+            raise NotFoundError(f"no segment {segment_id!r}")
+        trans = conn.execute(
+            text(
+                "SELECT version_id, at, type, segments, evidence FROM segment_transitions "
+                "ORDER BY at, id"
+            )
+        ).all()
+        state = conn.execute(
+            text("SELECT status, born_at FROM segment_state WHERE segment_id = :sid"),
+            {"sid": segment_id},
+        ).first()
+    mine = []
+    for t in trans:
+        segs = json.loads(t.segments) if isinstance(t.segments, str) else t.segments
+        if segment_id in segs:
+            ev = json.loads(t.evidence) if isinstance(t.evidence, str) else t.evidence
+            mine.append(
+                {
+                    "version": t.version_id,
+                    "at": pd.Timestamp(t.at).isoformat(),
+                    "type": t.type,
+                    "segments": segs,
+                    "evidence": ev,
+                }
+            )
+    return {
+        "segment_id": segment_id,
+        "name": rows[-1].name,
+        "status": state.status if state is not None else "historical",
+        "versions": [
+            {
+                "version": r.segmentation_id,
+                "kind": r.kind,
+                "as_of": pd.Timestamp(r.as_of).isoformat(),
+                "name": r.name,
+                "size": int(r.size),
+                "share": float(r.share),
+            }
+            for r in rows
+        ],
+        "transitions": mine,
+    }
+
+
+def update(
+    engine: Engine,
+    paths: Sequence[str | Path] = (),
+    preset: str | None = None,
+    maps: Sequence[str] = (),
+    sets: Sequence[str] = (),
+    settings: Settings | None = None,
+    refit_on_drift: bool = True,
+) -> dict[str, Any]:
+    """Ingest ``paths`` (if any) and fold every pending batch into the live segmentation.
+
+    With no segmentation yet, the first call fits one (a refit). When the update finds drift
+    beyond the bound, a refit runs at once (the embedded default; workers enqueue it instead).
+    """
+    out: dict[str, Any] = {}
+    if paths:
+        out["ingest"] = ingest(engine, paths, preset, maps, sets, settings).to_dict()
+    try:
+        with engine.connect() as conn:
+            current_version(conn)
+    except EmptyStoreError:
+        result = segment(engine)
+        out.update(
+            {
+                "version": result.version,
+                "events": out.get("ingest", {}).get("accepted", 0),
+                "users_touched": result.n_users,
+                "migrations": 0,
+                "transitions": [],
+                "quality": result.to_dict()["quality"],
+                "refit": result.to_dict(),
+            }
+        )
+        return out
+    upd = run_update(engine, settings)
+    if upd is None:
+        out.update(
+            {
+                "version": None,
+                "events": 0,
+                "users_touched": 0,
+                "migrations": 0,
+                "transitions": [],
+                "quality": {},
+            }
+        )
+        return out
+    out.update(upd.to_dict())
+    if upd.refit_recommended and refit_on_drift:
+        out["refit"] = segment(engine).to_dict()
+    return out
 
 
 def quarantine(engine: Engine, samples: int = 3) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
@@ -178,25 +177,113 @@ def segments(db: str | None, as_of: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("user_id")
 @db_option
+@click.option("--as-of", "as_of", default=None, help="The user's segment at this date.")
 @json_option
-def user(user_id: str, db: str | None, as_json: bool) -> None:
-    """Show a user's features, current segment and segment history."""
+def user(user_id: str, db: str | None, as_of: str | None, as_json: bool) -> None:
+    """Show a user's features, segment (now or at --as-of) and migration history."""
     with _errors(as_json):
-        data = api.user(api.connect(db), user_id)
+        data = api.user(api.connect(db), user_id, as_of)
     if as_json:
         _print_json(data)
         return
     seg = data["segment"]
-    click.echo(f"user {data['user_id']} (as of {data['as_of']})")
-    click.echo(f"segment: {seg['id']} {seg['name']}" if seg else "segment: (not segmented yet)")
+    click.echo(f"user {data['user_id']} (features as of {data['as_of']})")
+    click.echo(
+        f"segment: {seg['id']} {seg['name']} (version {seg['version']}, as of {seg['as_of']})"
+        if seg
+        else "segment: (not segmented then)"
+    )
     for name, value in data["features"].items():
         click.echo(f"  {name:<20} {value:,.2f}")
-    if data["history"]:
-        click.echo("history:")
-        for h in data["history"]:
-            click.echo(
-                f"  v{h['version']} from {h['valid_from']}: {h['segment_id']} {h['segment_name']}"
-            )
+    for h in data["history"]:
+        click.echo(f"  {h['at']}: {h['from'] or '-'} -> {h['to']} ({h['reason']})")
+
+
+@main.command()
+@click.argument("files", nargs=-1)
+@db_option
+@click.option("--preset", default=None, help="Column preset: online-retail or segment.")
+@click.option("--map", "maps", multiple=True, metavar="FIELD=COLUMN")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE")
+@click.option("--no-refit", is_flag=True, help="Do not refit at once when drift is found.")
+@json_option
+def update(
+    files: tuple[str, ...],
+    db: str | None,
+    preset: str | None,
+    maps: tuple[str, ...],
+    sets: tuple[str, ...],
+    no_refit: bool,
+    as_json: bool,
+) -> None:
+    """Ingest new events and update the segmentation incrementally (no full refit)."""
+    with _errors(as_json):
+        for f in files:
+            if not Path(f).exists():
+                raise InputError(f"{f}: no such file")
+        data = api.update(api.connect(db), files, preset, maps, sets, refit_on_drift=not no_refit)
+    if as_json:
+        _print_json(data)
+        return
+    if data.get("version") is None:
+        click.echo("nothing new to fold in")
+        return
+    click.echo(
+        f"version {data['version']}: {data['events']:,} events, {data['users_touched']:,} users "
+        f"touched, {data['migrations']:,} migrations"
+    )
+    for t in data["transitions"]:
+        click.echo(f"  {t['type']}: {', '.join(t['segments'])}  {json.dumps(t['evidence'])[:120]}")
+    if "refit" in data:
+        click.echo(f"refit: version {data['refit']['version']} (k={data['refit']['k']})")
+
+
+@main.command()
+@db_option
+@click.option("--since", default=None, help="From this time (event time, UTC).")
+@click.option("--until", default=None, help="Before this time.")
+@click.option("--user", "user_id", default=None, help="One user's migrations.")
+@click.option("--limit", default=None, type=int)
+@json_option
+def migrations(
+    db: str | None,
+    since: str | None,
+    until: str | None,
+    user_id: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """List recorded migrations: who moved, from where, to where, when, and why."""
+    with _errors(as_json):
+        rows = api.migrations(api.connect(db), since, until, user_id, limit)
+    if as_json:
+        _print_json({"migrations": rows})
+        return
+    click.echo(f"{len(rows):,} migrations")
+    for r in rows[-50:]:
+        changed = ", ".join(c["feature"] for c in (r["explanation"] or {}).get("changed", []))
+        click.echo(
+            f"  {r['at']}  {r['user_id']}: {r['from'] or '-'} -> {r['to']}  "
+            f"({r['reason']}; {changed})"
+        )
+
+
+@main.command()
+@click.argument("segment_id")
+@db_option
+@json_option
+def history(segment_id: str, db: str | None, as_json: bool) -> None:
+    """Show a segment's life: size per version and the transitions involving it."""
+    with _errors(as_json):
+        data = api.history(api.connect(db), segment_id)
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(f"{data['segment_id']} {data['name']} ({data['status']})")
+    for v in data["versions"]:
+        click.echo(f"  v{v['version']} {v['kind']:<6} {v['as_of']}  {v['size']:>8,}  {v['name']}")
+    for t in data["transitions"]:
+        click.echo(f"  {t['at']}  {t['type']}: {', '.join(t['segments'])}")
 
 
 @main.command()
@@ -213,7 +300,6 @@ def assignments(db: str | None, as_of: str | None, out: str, as_json: bool) -> N
         if suffix not in (".csv", ".parquet", ".pq"):
             raise InputError(f"--out {out}: use a .csv or .parquet file name")
         frame = api.assignments(api.connect(db), as_of)
-        frame["valid_from"] = pd.to_datetime(frame["valid_from"], utc=True, format="ISO8601")
         if suffix == ".csv":
             frame.to_csv(out, index=False)
         else:

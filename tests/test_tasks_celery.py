@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -18,7 +19,15 @@ from automation.config import Settings
 from automation.errors import ConfigError, InputError
 from automation.tasks import celery_app
 from automation.tasks.celery_app import ShoalCelery, make_celery
-from automation.tasks.jobs import INGEST, REFIT, TASK_NAMES, dispose_engines, enqueue
+from automation.tasks.jobs import (
+    DRIFT_CHECK,
+    INGEST,
+    REFIT,
+    TASK_NAMES,
+    UPDATE,
+    dispose_engines,
+    enqueue,
+)
 from tests.test_tasks_support import day_files
 
 
@@ -179,3 +188,58 @@ def test_worker_and_scheduler_help() -> None:
         assert result.exit_code == 0 and "--json" in result.output
     assert "--concurrency" in CliRunner().invoke(main, ["worker", "--help"]).output
     assert "--dry-run" in CliRunner().invoke(main, ["scheduler", "--help"]).output
+
+
+def test_update_in_process_is_idempotent_and_reports_nothing_pending(
+    eager: ShoalCelery, sqlite_url: str, days: list[Path]
+) -> None:
+    skipped = eager.tasks[UPDATE].apply_async().get()
+    assert skipped["status"] == "skipped"
+    eager.tasks[INGEST].apply_async(kwargs={"paths": [str(p) for p in days[:6]]}).get()
+    eager.tasks[REFIT].apply_async(kwargs={"k": 3}).get()
+    eager.tasks[INGEST].apply_async(kwargs={"paths": [str(p) for p in days[6:8]]}).get()
+    first = eager.tasks[UPDATE].apply_async(task_id="update-1").get()
+    assert first["status"] == "done" and first["events"] > 0
+    again = eager.tasks[UPDATE].apply_async(task_id="update-1").get()
+    assert again["status"] == "already_done" and again["version"] == first["version"]
+    idle = eager.tasks[UPDATE].apply_async(task_id="update-2").get()
+    assert idle["status"] == "nothing_pending"
+    assert _count(sqlite_url, "SELECT count(*) FROM segmentations WHERE kind = 'update'") == 1
+    drift = eager.tasks[DRIFT_CHECK].apply_async().get()
+    assert drift["status"] == "done" and isinstance(drift["refit_needed"], bool)
+    json.dumps([first, again, idle, drift])
+
+
+def test_drift_enqueues_one_refit_however_often_it_is_seen(
+    eager: ShoalCelery, sqlite_url: str, days: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import automation.segments.update as update_module
+
+    eager.tasks[INGEST].apply_async(kwargs={"paths": [str(p) for p in days[:6]]}).get()
+    base = eager.tasks[REFIT].apply_async(kwargs={"k": 3}).get()["version"]
+    eager.tasks[INGEST].apply_async(kwargs={"paths": [str(days[6])]}).get()
+    real_update = update_module.run_update
+
+    def drifting_update(*args: Any, **kwargs: Any) -> Any:
+        result = real_update(*args, **kwargs)
+        if result is not None:
+            result.refit_recommended = True
+        return result
+
+    monkeypatch.setattr(update_module, "run_update", drifting_update)
+    out = eager.tasks[UPDATE].apply_async().get()
+    assert out["refit_recommended"] and out["refit_task_id"] == f"drift-refit-{base}"
+    refits = "SELECT count(*) FROM segmentations WHERE kind = 'refit'"
+    assert _count(sqlite_url, refits) == 2  # the refit ran at once, in-process
+    # Every later sighting of the same drift maps to the same refit: nothing runs twice.
+    monkeypatch.setattr(
+        update_module,
+        "check_drift",
+        lambda engine: update_module.DriftReport(True, base, []),
+    )
+    for _ in range(2):
+        seen = eager.tasks[DRIFT_CHECK].apply_async().get()
+        assert seen["refit_task_id"] == f"drift-refit-{base}"
+    assert _count(sqlite_url, refits) == 2
+    runs = f"SELECT count(*) FROM task_runs WHERE key = 'drift-refit-{base}'"
+    assert _count(sqlite_url, runs) == 1

@@ -283,3 +283,59 @@ def load_snapshot(conn: Connection) -> tuple[pd.DataFrame, pd.Timestamp, Affinit
     )
     at = pd.Timestamp(pd.to_datetime(pd.Series([row[0]]), utc=True, format="ISO8601").iloc[0])
     return raw, at, AffinityModel.from_bytes(z["affinity"].tobytes())
+
+
+def resolve_user(conn: Connection, version: Row[Any], user_key: int) -> str | None:
+    """One user's segment id in ``version`` (``None`` when not segmented then)."""
+    base = version.base_id or version.id
+    moved = conn.execute(
+        text(
+            "SELECT to_segment FROM segment_migrations WHERE base_id = :b AND user_key = :u "
+            "AND version_id > :b AND version_id <= :v ORDER BY version_id DESC, id DESC LIMIT 1"
+        ),
+        {"b": base, "u": user_key, "v": version.id},
+    ).scalar()
+    if moved is not None:
+        return str(moved)
+    snap = conn.execute(
+        text("SELECT segment_id FROM memberships WHERE segmentation_id = :b AND user_key = :u"),
+        {"b": base, "u": user_key},
+    ).scalar()
+    return None if snap is None else str(snap)
+
+
+def migrations_between(
+    conn: Connection,
+    since: pd.Timestamp | None = None,
+    until: pd.Timestamp | None = None,
+    user_key: int | None = None,
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """Recorded migrations (newest last), optionally for one user and a time window."""
+    from automation.features.build import ts_param
+
+    where = ["TRUE"]
+    params: dict[str, Any] = {}
+    if since is not None:
+        where.append("m.at >= :since")
+        params["since"] = ts_param(conn, since)
+    if until is not None:
+        where.append("m.at < :until")
+        params["until"] = ts_param(conn, until)
+    if user_key is not None:
+        where.append("m.user_key = :u")
+        params["u"] = user_key
+    tail = f" LIMIT {int(limit)}" if limit else ""
+    rows = conn.execute(
+        text(
+            "SELECT u.external_id, m.from_segment, m.to_segment, m.at, m.reason, m.n_events, "
+            "m.explanation, m.version_id FROM segment_migrations m "
+            f"JOIN users u ON u.id = m.user_key WHERE {' AND '.join(where)} "
+            f"ORDER BY m.at, m.id{tail}"
+        ),
+        params,
+    ).all()
+    return pd.DataFrame(
+        rows,
+        columns=["user_id", "from", "to", "at", "reason", "events", "explanation", "version"],
+    )

@@ -12,11 +12,14 @@
 Delivery is at least once (late acknowledgement); effects are exactly once: ``update`` and
 ``refit`` pass their task id as ``task_key``, recorded in ``task_runs`` in the same transaction
 as their effects, and a message delivered again (same task id) or retried changes nothing twice.
-A refit enqueued by ``update`` or ``drift_check`` gets the id ``<parent id>:refit``, so a parent
-run twice enqueues one refit's worth of effects. Transient failures (database or broker
+A refit enqueued by ``update`` or ``drift_check`` gets the id ``drift-refit-<base version>``
+(see :func:`drift_refit`), so however many updates and drift checks see the same drift, one
+refit runs. ``ingest`` is idempotent by event ids and records its run too (a message
+delivered again after it finished reads no file). Transient failures (database or broker
 connection, deadlock, serialisation failure) are retried with exponential backoff, at most five
 times; domain errors (:class:`~automation.errors.ShoalError`) never are. Every task returns a
-JSON-safe dict.
+JSON-safe dict with ``task_id`` and ``status`` (``done``, ``already_done``, ``nothing_pending``
+or ``skipped`` when there is no segmentation yet).
 
 Each process opens one engine per database URL, on first use (so prefork children never share a
 parent's connections).
@@ -157,6 +160,24 @@ def enqueue(
     return str(result.id)
 
 
+def drift_refit(engine: Engine, version: int) -> tuple[str, dict[str, Any]]:
+    """The refit that drift found since the refit ``version`` descends from: one task id per
+    base refit, so every trigger (each update and drift check that sees it) enqueues the same
+    refit, which runs once. It repeats the base's method and seed; K is chosen again unless
+    the base fixed it."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT b.id, b.method, b.k, b.seed, b.k_selection FROM segmentations v "
+                "JOIN segmentations b ON b.id = COALESCE(v.base_id, v.id) WHERE v.id = :v"
+            ),
+            {"v": version},
+        ).one()
+    k: str | int = "auto" if row.k_selection is not None or row.method == "hdbscan" else row.k
+    kwargs = {"method": row.method, "k": k, "seed": int(row.seed or 0)}
+    return f"drift-refit-{row.id}", kwargs
+
+
 def _key(request: Any) -> str:
     return str(request.id or uuid.uuid4())
 
@@ -177,8 +198,9 @@ def register_tasks(app: ShoalCelery) -> None:
     def engine() -> Engine:
         return engine_for(app.settings.database_url)
 
-    def follow_up_refit(key: str) -> str:
-        return enqueue(app, REFIT, task_id=f"{key}:refit")
+    def follow_up_refit(eng: Engine, version: int) -> str:
+        task_id, kwargs = drift_refit(eng, version)
+        return enqueue(app, REFIT, kwargs, task_id=task_id)
 
     @app.task(name=INGEST, **options)
     def ingest(
@@ -220,13 +242,13 @@ def register_tasks(app: ShoalCelery) -> None:
                     return {"task_id": key, "status": "skipped", "reason": str(err)}
                 if result is not None:
                     data = {**result.to_dict(), "status": "done"}
-                else:
-                    done = recorded_result(eng, key)
-                    status = "nothing_pending" if done is None else "already_done"
-                    data = {**(done or {}), "status": status}
-        data["task_id"] = key
-        if data.get("refit_recommended"):
-            data["refit_task_id"] = follow_up_refit(key)
+                else:  # nothing pending (recorded as version None), or done meanwhile
+                    done = recorded_result(eng, key) or {}
+                    status = "already_done" if done.get("version") else "nothing_pending"
+                    data = {**done, "status": status}
+            data["task_id"] = key
+            if data.get("refit_recommended") and data.get("version"):
+                data["refit_task_id"] = follow_up_refit(eng, int(data["version"]))
         return dict(json_safe(data))
 
     @app.task(name=DRIFT_CHECK, **options)
@@ -235,13 +257,14 @@ def register_tasks(app: ShoalCelery) -> None:
 
         key = _key(self.request)
         with transient_errors():
+            eng = engine()
             try:
-                report = check_drift(engine())
+                report = check_drift(eng)
             except EmptyStoreError as err:
                 return {"task_id": key, "status": "skipped", "reason": str(err)}
-        data: dict[str, Any] = {"task_id": key, "status": "done", **report.to_dict()}
-        if report.refit_needed:
-            data["refit_task_id"] = follow_up_refit(key)
+            data: dict[str, Any] = {"task_id": key, "status": "done", **report.to_dict()}
+            if report.refit_needed:
+                data["refit_task_id"] = follow_up_refit(eng, report.since_version)
         return dict(json_safe(data))
 
     @app.task(name=REFIT, **options)
