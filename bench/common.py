@@ -46,6 +46,49 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def current_rss_mb() -> float:
+    """Resident set size now, in MiB (Linux ``/proc/self/statm``; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssSampler:
+    """Samples the current RSS in a background thread: the peak *during* a step and how far it
+    rose above the RSS at the step's start (ru_maxrss only knows the process-wide peak)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+
+    @contextlib.contextmanager
+    def measure(self, into: dict[str, Any]) -> Iterator[None]:
+        import threading
+
+        start = current_rss_mb()
+        peak = [start]
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.interval):
+                peak[0] = max(peak[0], current_rss_mb())
+
+        th = threading.Thread(target=loop, daemon=True)
+        th.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            th.join()
+            peak[0] = max(peak[0], current_rss_mb())
+            into["rss_start_mb"] = start
+            into["rss_step_peak_mb"] = peak[0]
+            into["rss_step_rise_mb"] = peak[0] - start
+            into["rss_mb"] = peak_rss_mb()
+
+
 def blas_info() -> list[dict[str, Any]]:
     from threadpoolctl import threadpool_info
 

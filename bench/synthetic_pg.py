@@ -393,16 +393,21 @@ def run(args: Any, pg: str) -> dict[str, Any]:
         "steps": {},
     }
     steps = res["steps"]
+    mem = common.RssSampler()
     tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     try:
         common.log(f"1. simulate {args.users:,} users x {args.days} days")
-        t = time.perf_counter()
-        sim = simulate(n_users=args.users, days=args.days, seed=args.seed)
-        t_sim = time.perf_counter() - t
+        m_sim: dict[str, Any] = {}
+        m_csv: dict[str, Any] = {}
+        with mem.measure(m_sim):
+            t = time.perf_counter()
+            sim = simulate(n_users=args.users, days=args.days, seed=args.seed)
+            t_sim = time.perf_counter() - t
         ev = sim.events
-        t = time.perf_counter()
-        paths = write_simulation(sim, tmp, "csv")
-        t_csv = time.perf_counter() - t
+        with mem.measure(m_csv):
+            t = time.perf_counter()
+            paths = write_simulation(sim, tmp, "csv")
+            t_csv = time.perf_counter() - t
         csv_path = paths["events"]
         del sim
         steps["generate"] = {
@@ -410,7 +415,8 @@ def run(args: Any, pg: str) -> dict[str, Any]:
             "simulate_seconds": t_sim,
             "write_csv_seconds": t_csv,
             "csv_mb": csv_path.stat().st_size / 2**20,
-            "rss_mb": common.peak_rss_mb(),
+            "mem_simulate": m_sim,
+            "mem_write_csv": m_csv,
         }
         common.log(f"   {len(ev):,} events, CSV {steps['generate']['csv_mb']:.0f} MiB")
 
@@ -424,8 +430,10 @@ def run(args: Any, pg: str) -> dict[str, Any]:
             for method in args.copy_methods.split(","):
                 common.log(f"   COPY via {method}")
                 chunk = args.chunk if method == "arrow" else 200_000
-                c = baseline_copy(dsn, rows, method, chunk)
-                c["rss_mb"] = common.peak_rss_mb()
+                m: dict[str, Any] = {}
+                with mem.measure(m):
+                    c = baseline_copy(dsn, rows, method, chunk)
+                c.update(m)
                 copies.append(c)
                 common.log(f"   {method}: {c['seconds']:.1f} s, {c['events_per_second']:,.0f}/s")
         del rows
@@ -436,7 +444,10 @@ def run(args: Any, pg: str) -> dict[str, Any]:
             common.log(f"3. Shoal ingest into schema {schema}")
             with psycopg.connect(common.psycopg_dsn(url), autocommit=True) as conn:
                 conn.execute("CHECKPOINT")
-            ing = shoal_ingest(url, csv_path, Path(args.cprofile) if args.cprofile else None)
+            m = {}
+            with mem.measure(m):
+                ing = shoal_ingest(url, csv_path, Path(args.cprofile) if args.cprofile else None)
+            ing.update(m)
             ing["ratio_to_baseline"] = common.ratio(
                 ing["events_per_second"], best["events_per_second"]
             )
@@ -444,12 +455,18 @@ def run(args: Any, pg: str) -> dict[str, Any]:
             common.log(f"   {ing['seconds']:.1f} s, {ing['events_per_second']:,.0f}/s")
 
             common.log("4. baseline: pandas group-by + StandardScaler + KMeans(8, n_init=1)")
-            steps["baseline_segments"] = baseline_segments(ev, 8)
+            m = {}
+            with mem.measure(m):
+                steps["baseline_segments"] = baseline_segments(ev, 8)
+            steps["baseline_segments"].update(m)
             common.log(f"   {steps['baseline_segments']['seconds']:.1f} s")
             del ev
 
             common.log("5. Shoal segment k=8")
-            seg = shoal_segment(url, "8")
+            m = {}
+            with mem.measure(m):
+                seg = shoal_segment(url, "8")
+            seg.update(m)
             seg["ratio_to_baseline"] = common.ratio(
                 seg["seconds"], steps["baseline_segments"]["seconds"]
             )
@@ -457,7 +474,10 @@ def run(args: Any, pg: str) -> dict[str, Any]:
             common.log(f"   {seg['seconds']:.1f} s")
             if not args.skip_auto:
                 common.log("5b. Shoal segment k=auto")
-                steps["shoal_segment_auto"] = shoal_segment(url, "auto")
+                m = {}
+                with mem.measure(m):
+                    steps["shoal_segment_auto"] = shoal_segment(url, "auto")
+                steps["shoal_segment_auto"].update(m)
                 common.log(f"   {steps['shoal_segment_auto']['seconds']:.1f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -480,67 +500,60 @@ def print_report(res: dict[str, Any]) -> None:
     bseg = s["baseline_segments"]
     k8 = s["shoal_segment_k8"]
     auto = s.get("shoal_segment_auto")
+
+    def line(label: str, sec: Any, rate: Any, ratio: Any, target: Any, m: dict[str, Any]) -> list:
+        return [label, sec, rate, ratio, target, m.get("rss_step_rise_mb"), m.get("rss_mb")]
+
     rows: list[list[Any]] = [
-        ["1. simulate", g["simulate_seconds"], None, None, None, g["rss_mb"]],
-        ["1. write CSV", g["write_csv_seconds"], None, None, None, g["rss_mb"]],
+        line("1. simulate", g["simulate_seconds"], None, None, None, g["mem_simulate"]),
+        line("1. write CSV", g["write_csv_seconds"], None, None, None, g["mem_write_csv"]),
     ]
     for c in copies:
         tag = " (baseline)" if c is best else ""
-        rows.append(
-            [
-                f"2. bare COPY, {c['method']}{tag}",
-                c["seconds"],
-                c["events_per_second"],
-                None,
-                None,
-                c["rss_mb"],
-            ]
-        )
+        label = f"2. bare COPY, {c['method']}{tag}"
+        rows.append(line(label, c["seconds"], c["events_per_second"], None, None, c))
     rows.append(
-        [
+        line(
             "3. Shoal ingest (CSV -> events)",
             ing["seconds"],
             ing["events_per_second"],
             ing["ratio_to_baseline"],
             f">= {TARGET_INGEST} (rate)",
-            ing["rss_mb"],
-        ]
+            ing,
+        )
     )
+    label = f"4. bare pandas+KMeans(8, n_init=1), {bseg['n_features']} feats"
+    rows.append(line(label, bseg["seconds"], None, None, None, bseg))
     rows.append(
-        [
-            f"4. bare pandas+KMeans(8, n_init=1), {bseg['n_features']} feats",
-            bseg["seconds"],
-            None,
-            None,
-            None,
-            bseg["rss_mb"],
-        ]
-    )
-    rows.append(
-        [
+        line(
             f"5. Shoal segment k=8, {k8['n_features']} feats",
             k8["seconds"],
             None,
             k8["ratio_to_baseline"],
             f"<= {TARGET_SEGMENT} (time)",
-            k8["rss_mb"],
-        ]
+            k8,
+        )
     )
     if auto:
         rows.append(
-            [
+            line(
                 f"5b. Shoal segment k=auto (-> k={auto['k']})",
                 auto["seconds"],
                 None,
                 common.ratio(auto["seconds"], bseg["seconds"]),
                 None,
-                auto["rss_mb"],
-            ]
+                auto,
+            )
         )
     print()
     common.print_table(
-        ["step", "seconds", "events/s", "ratio", "target", "peak RSS MiB"],
+        ["step", "seconds", "events/s", "ratio", "target", "RSS rise MiB", "peak RSS MiB"],
         rows,
+    )
+    print(
+        "ratio: ingest = Shoal events/s / bare COPY events/s; segments = Shoal s / bare s. "
+        "RSS rise: peak RSS sampled during the step minus RSS at its start; peak RSS: ru_maxrss "
+        "of the process after the step."
     )
     r = ing["report"]
     print(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from click.testing import CliRunner
@@ -19,8 +20,8 @@ from automation.config import Settings
 from automation.errors import ConfigError
 from automation.tasks.celery_app import make_celery
 from automation.tasks.jobs import INGEST, REFIT, dispose_engines, engine_for
-from automation.tasks.scheduler import build_scheduler, parse_schedule, schedules
-from tests.test_tasks_support import day_files, wait_for
+from automation.tasks.scheduler import build_scheduler, parse_schedule, run_job, schedules
+from tests.test_tasks_support import day_files, private_redis, wait_for
 
 
 def test_defaults() -> None:
@@ -148,3 +149,20 @@ def test_background_scheduler_runs_the_update_in_process(tmp_path: Path) -> None
         dispose_engines()
     assert time.monotonic() - started < 20
     assert updates() == 1  # later runs found nothing pending
+
+
+def test_with_a_broker_a_job_publishes_a_message_that_expires() -> None:
+    with private_redis() as broker:
+        env = {"SHOAL_QUEUE": "sched-test"}
+        app = make_celery(Settings.from_env({"SHOAL_BROKER_URL": broker}), env)
+        try:
+            task_id = run_job(app, "shoal.update", 300.0)
+            client = redis.Redis.from_url(broker)
+            raw = client.lrange("sched-test", 0, -1)
+            client.close()
+        finally:
+            app.close()
+    assert task_id is not None and len(raw) == 1
+    headers = json.loads(raw[0])["headers"]
+    assert headers["id"] == task_id and headers["task"] == "shoal.update"
+    assert headers["expires"] is not None

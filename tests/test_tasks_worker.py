@@ -49,7 +49,7 @@ class Cluster:
     app_name: str
     files: list[Path]
     refit_ids: set[str] = field(default_factory=set)
-    update_ids: set[str] = field(default_factory=set)
+    sent: set[str] = field(default_factory=set)
     ingested: set[str] = field(default_factory=set)
 
     def kwargs(self, task: str, i: int) -> dict[str, Any]:
@@ -59,9 +59,9 @@ class Cluster:
 
     def send(self, task: str, i: int = 0) -> str:
         task_id = f"{task.split('.')[-1]}-{i}-{uuid.uuid4().hex[:8]}"
-        (self.refit_ids if task == REFIT else self.update_ids if task == UPDATE else set()).add(
-            task_id
-        )
+        self.sent.add(task_id)
+        if task == REFIT:
+            self.refit_ids.add(task_id)
         kwargs = self.kwargs(task, i)
         self.ingested.update(kwargs.get("paths", []))
         self.app.send_task(task, kwargs=kwargs, task_id=task_id)
@@ -130,12 +130,13 @@ def check_consistency(c: Cluster, tmp_path: Path) -> None:
     (batch_events,) = _rows(c.engine, "SELECT sum(n_events) FROM batch_users")[0]
     assert batch_events == _rows(c.engine, "SELECT count(*) FROM events")[0][0]
 
-    # task_runs: each key once (primary key) and every refit/update that was sent is there.
+    # task_runs: each key once (primary key) and every task that was sent is there.
     runs = {r.key: r.task for r in _rows(c.engine, "SELECT key, task FROM task_runs")}
-    assert c.refit_ids <= set(runs)
+    assert c.sent | c.refit_ids <= set(runs)
     refit_runs = {k for k, t in runs.items() if t == "refit"}
     versions = _rows(
-        c.engine, "SELECT id, kind, parent_id, last_batch_id FROM segmentations ORDER BY id"
+        c.engine,
+        "SELECT id, kind, parent_id, last_batch_id, is_current FROM segmentations ORDER BY id",
     )
     refits = [v for v in versions if v.kind == "refit"]
     assert len(refits) == len(refit_runs) == len(c.refit_ids)
@@ -146,7 +147,7 @@ def check_consistency(c: Cluster, tmp_path: Path) -> None:
     lasts = [v.last_batch_id for v in updates]
     assert lasts == sorted(set(lasts)), f"update versions' last batches not increasing: {lasts}"
     batches = [r[0] for r in _rows(c.engine, "SELECT DISTINCT batch_id FROM batch_users")]
-    current = next(v for v in reversed(versions) if v.kind in ("refit", "update"))
+    (current,) = [v for v in versions if v.is_current]
     for b in batches:
         covering = [u for u in updates if by_id[u.parent_id].last_batch_id < b <= u.last_batch_id]
         assert len(covering) <= 1, f"batch {b} folded by versions {[u.id for u in covering]}"
@@ -193,8 +194,9 @@ def crash_cycles(c: Cluster, n: int, tmp_path: Path) -> None:
     check_consistency(c, tmp_path)
 
 
-def test_crash_mid_transaction_twice(cluster: Cluster, tmp_path: Path) -> None:
-    crash_cycles(cluster, 2, tmp_path)
+def test_crash_mid_transaction_of_each_task(cluster: Cluster, tmp_path: Path) -> None:
+    """Three cycles: ingest (whole worker killed), update (pool process), refit (whole)."""
+    crash_cycles(cluster, 3, tmp_path)
 
 
 @pytest.mark.slow

@@ -129,41 +129,6 @@ def apply_structure(
                     )
                 )
 
-    # Split: grown bimodal.
-    for s in list(seg.active):
-        mask = labels == s.segment_id
-        if mask.sum() < 2 * min_size:
-            continue
-        members = X[mask]
-        score = bimodality(members, p.seed)
-        if score < p.split_min_silhouette or score < s.bimodality + p.split_gain:
-            continue
-        km = KMeans(2, n_init=2, random_state=p.seed).fit(members)
-        sizes = np.bincount(km.labels_, minlength=2)
-        if sizes.min() < min_size:
-            continue
-        far = int(np.argmax(np.linalg.norm(km.cluster_centers_ - s.center, axis=1)))
-        child = new_id()
-        idx = np.flatnonzero(mask)[km.labels_ == far]
-        labels[idx] = child
-        seg.segments_.append(_stats(child, X[idx], score))
-        s.center = km.cluster_centers_[1 - far].copy()
-        s.bimodality = bimodality(X[labels == s.segment_id], p.seed)
-        out.append(
-            _t(
-                "split",
-                [s.segment_id, child],
-                {
-                    "bimodality": round(score, 3),
-                    "baseline": round(s.bimodality, 3),
-                    "sizes": [int(sizes[1 - far]), int(sizes[far])],
-                    "moved_features": _top_moves(
-                        km.cluster_centers_[far] - km.cluster_centers_[1 - far], names
-                    ),
-                },
-            )
-        )
-
     # Born: a dense group among users that fit no segment.
     ids, centers = seg.centers()
     pos = {sid: k for k, sid in enumerate(ids)}
@@ -201,6 +166,41 @@ def apply_structure(
                         },
                     )
                 )
+
+    # Split: grown bimodal.
+    for s in list(seg.active):
+        mask = labels == s.segment_id
+        if mask.sum() < 2 * min_size:
+            continue
+        members = X[mask]
+        score = bimodality(members, p.seed)
+        if score < p.split_min_silhouette or score < s.bimodality + p.split_gain:
+            continue
+        km = KMeans(2, n_init=2, random_state=p.seed).fit(members)
+        sizes = np.bincount(km.labels_, minlength=2)
+        if sizes.min() < min_size:
+            continue
+        far = int(np.argmax(np.linalg.norm(km.cluster_centers_ - s.center, axis=1)))
+        child = new_id()
+        idx = np.flatnonzero(mask)[km.labels_ == far]
+        labels[idx] = child
+        seg.segments_.append(_stats(child, X[idx], score))
+        s.center = km.cluster_centers_[1 - far].copy()
+        s.bimodality = bimodality(X[labels == s.segment_id], p.seed)
+        out.append(
+            _t(
+                "split",
+                [s.segment_id, child],
+                {
+                    "bimodality": round(score, 3),
+                    "baseline": round(s.bimodality, 3),
+                    "sizes": [int(sizes[1 - far]), int(sizes[far])],
+                    "moved_features": _top_moves(
+                        km.cluster_centers_[far] - km.cluster_centers_[1 - far], names
+                    ),
+                },
+            )
+        )
 
     # Drifted: centre shift, size change, or a change in the share of members active.
     refit = False

@@ -61,6 +61,19 @@ def assignments_at(
     return version, resolve(conn, version)
 
 
+def _finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null (PostgreSQL's JSON rejects them)."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def write_migrations(
     conn: Connection, version_id: int, base_id: int, at: pd.Timestamp, moves: pd.DataFrame
 ) -> None:
@@ -81,7 +94,7 @@ def write_migrations(
             "reason": moves["reason"].astype(str).reset_index(drop=True),
             "n_events": moves["n_events"].astype("int64").reset_index(drop=True),
             "explanation": pd.Series(
-                [json.dumps(e, default=float) for e in moves["explanation"]], dtype=object
+                [json.dumps(_finite(e)) for e in moves["explanation"]], dtype=object
             ),
         },
     )
@@ -104,10 +117,11 @@ def write_outbox(
     reasons: list[Any] = moves["reason"].tolist()
     for user_key, from_seg, to_seg, reason in zip(users, froms, tos, reasons, strict=True):
         user = int(user_key)
-        if isinstance(from_seg, str) and from_seg:
+        from_seg = from_seg if isinstance(from_seg, str) and from_seg else None
+        if from_seg is not None:
             extra = {"to": to_seg, "reason": reason}
             rows.append(_event("Segment Exited", version_id, user, from_seg, stamp, extra, names))
-        extra = {"from": from_seg or None, "reason": reason}
+        extra = {"from": from_seg, "reason": reason}
         rows.append(_event("Segment Entered", version_id, user, str(to_seg), stamp, extra, names))
     for t in transitions:
         kind = {
@@ -174,7 +188,7 @@ def _event(
         "user_key": user,
         "segment_id": segment,
         "version_id": version,
-        "payload": json.dumps(payload, default=str),
+        "payload": json.dumps(_finite(payload), default=str),
     }
 
 
@@ -192,7 +206,7 @@ def write_transitions(
                 "at": _ts(conn, at),
                 "t": t["type"],
                 "s": json.dumps(t["segments"]),
-                "e": json.dumps(t["evidence"], default=float),
+                "e": json.dumps(_finite(t["evidence"])),
             },
         )
 

@@ -101,7 +101,7 @@ def celery_config(settings: Settings, ts: TaskSettings) -> dict[str, Any]:
             # would turn an eager retry into a raised ``Retry`` instead of running it again.
             task_eager_propagates=False,
             task_store_eager_result=False,
-            broker_url="memory://",
+            broker_url="memory://localhost/",  # never used: tasks run eagerly
         )
         return conf
     vt = ts.visibility_timeout

@@ -130,6 +130,8 @@ def scheduler(db: str | None, dry_run: bool, as_json: bool, loglevel: str) -> No
         logging.basicConfig(
             level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        if loglevel != "debug":  # APScheduler logs every run at INFO; Shoal logs its own line
+            logging.getLogger("apscheduler").setLevel(logging.WARNING)
         sched = build_scheduler(settings)
     mode = "enqueueing to the broker" if settings.broker_url else "running tasks in-process"
     click.echo(f"shoal scheduler: {len(sched.get_jobs())} jobs, {mode}", err=True)

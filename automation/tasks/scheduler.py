@@ -139,7 +139,7 @@ def run_job(app: ShoalCelery, task: str, expires: float | None) -> str | None:
     except ShoalError as err:
         log.warning("%s: %s", task, err)
         return None
-    log.info("enqueued %s (%s)", task, task_id)
+    log.info("%s %s (%s)", "ran" if app.eager else "enqueued", task, task_id)
     return task_id
 
 
