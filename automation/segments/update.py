@@ -198,6 +198,11 @@ def _update(
     labels, transitions, refit = apply_structure(
         seg, X, labels, active, scaler.features_, new_id, policy
     )
+    sample = np.random.default_rng(0).choice(len(X), min(len(X), 5000), replace=False)
+    codes = pd.factorize(labels[sample])[0]
+    quality = clean(cluster_metrics(X[sample], codes, random_state=0, sample_size=5000))
+    quality["stability_ari"] = None
+    quality["refit_recommended"] = refit
     version_id = _record(
         conn,
         cur,
@@ -211,15 +216,12 @@ def _update(
         scaler,
         seg,
         transitions,
-        refit,
         touched,
         affinity,
+        quality,
     )
     sizes = pd.Series(labels.astype(str)).value_counts().to_dict()
     moved = int((labels != current).sum())
-    sample = np.random.default_rng(0).choice(len(X), min(len(X), 5000), replace=False)
-    codes = pd.factorize(labels[sample])[0]
-    quality = clean(cluster_metrics(X[sample], codes, random_state=0, sample_size=5000))
     return UpdateResult(
         version=version_id,
         as_of=at,
@@ -246,9 +248,9 @@ def _record(
     scaler: FeatureScaler,
     seg: DynamicSegmenter,
     transitions: list[dict[str, Any]],
-    refit: bool,
     touched: pd.DataFrame,
     affinity: AffinityModel,
+    quality: dict[str, Any],
 ) -> int:
     base = cur.base_id or cur.id
     prev_names = {str(s.segment_id): str(s.name) for s in segments_of(conn, cur.id)}
@@ -289,7 +291,7 @@ def _record(
         seed=cur.seed,
         n_users=n,
         is_current=False,
-        quality={"refit_recommended": refit},
+        quality=quality,
         k_selection=None,
         features=cur.features,
         scaler=cur.scaler,
