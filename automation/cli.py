@@ -339,8 +339,9 @@ def quarantine(db: str | None, samples: int, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @json_option
 def demo(db: str | None, report: str, seed: int, as_json: bool) -> None:
-    """Ingest the bundled Online Retail data, segment it, print the table, write a report."""
+    """Replay the bundled Online Retail year month by month: segments, migrations, report."""
     from automation.report.html import write_report
+    from automation.report.replay import replay_months, replay_text
 
     with _errors(as_json):
         engine = api.connect(db)
@@ -348,23 +349,25 @@ def demo(db: str | None, report: str, seed: int, as_json: bool) -> None:
             unit=" rows", unit_scale=True, disable=not _interactive(as_json), file=sys.stderr
         )
         with bar:
-            ing = api.ingest(
-                engine, [api.BUNDLED_ONLINE_RETAIL], "online-retail", progress=_counter(bar)
+            replay = replay_months(
+                engine, api.BUNDLED_ONLINE_RETAIL, seed=seed, progress=_counter(bar)
             )
-        result = api.segment(engine, "kmeans", "auto", None, seed)
-        write_report(result, report)
-    data = result.to_dict()
+        current = api.segments(engine)
+        write_report(replay.refit, report, replay=replay, current=current)
+    ing = replay.ingest.to_dict()
     if as_json:
-        _print_json({"ingest": ing.to_dict(), "segmentation": data, "report": report})
+        _print_json(
+            {"ingest": ing, "segmentation": current, "months": replay.months, "report": report}
+        )
         return
-    i = ing.to_dict()
     click.echo(
-        f"Online Retail: read {i['read']:,} lines, accepted {i['accepted']:,}, duplicates "
-        f"{i['duplicates']:,}, quarantined {i['quarantined']:,} ({i['seconds']} s)\n"
+        f"Online Retail: read {ing['read']:,} lines, accepted {ing['accepted']:,}, duplicates "
+        f"{ing['duplicates']:,}, quarantined {ing['quarantined']:,}\n"
     )
-    click.echo(segment_table(data))
-    if result.k_selection:
-        click.echo(f"\nK: {result.k_selection['reason']}")
+    click.echo(segment_table(current))
+    if replay.refit.k_selection:
+        click.echo(f"\nK at the warm-up refit: {replay.refit.k_selection['reason']}")
+    click.echo("\n" + replay_text(replay, replay.names))
     click.echo(f"\nreport: {Path(report).resolve()}")
 
 

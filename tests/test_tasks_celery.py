@@ -4,6 +4,7 @@ retries on transient errors only, JSON results, and the worker/scheduler command
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,8 @@ from automation.config import Settings
 from automation.errors import ConfigError, InputError
 from automation.tasks import celery_app
 from automation.tasks.celery_app import ShoalCelery, make_celery
-from automation.tasks.jobs import (
-    DRIFT_CHECK,
-    INGEST,
-    REFIT,
-    TASK_NAMES,
-    UPDATE,
-    dispose_engines,
-    enqueue,
-)
+from automation.tasks.jobs import DRIFT_CHECK, INGEST, REFIT, TASK_NAMES, UPDATE, enqueue
+from automation.tasks.runtime import DatabaseError, dispose_engines
 from tests.test_tasks_support import day_files
 
 
@@ -243,3 +237,17 @@ def test_drift_enqueues_one_refit_however_often_it_is_seen(
     assert _count(sqlite_url, refits) == 2
     runs = f"SELECT count(*) FROM task_runs WHERE key = 'drift-refit-{base}'"
     assert _count(sqlite_url, runs) == 1
+
+
+def test_sqlite_errors_are_retried_only_when_about_locking(
+    eager: ShoalCelery, days: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked = sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    calls = _flaky(monkeypatch, [locked])
+    assert eager.tasks[INGEST].apply_async(kwargs={"paths": [str(days[0])]}).get()
+    assert len(calls) == 2
+    missing = sa_exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: x"))
+    calls = _flaky(monkeypatch, [missing])
+    with pytest.raises(DatabaseError, match="no such table"):
+        eager.tasks[INGEST].apply_async(kwargs={"paths": [str(days[0])]}).get()
+    assert len(calls) == 1

@@ -19,7 +19,8 @@ from automation.cli import main
 from automation.config import Settings
 from automation.errors import ConfigError
 from automation.tasks.celery_app import make_celery
-from automation.tasks.jobs import INGEST, REFIT, dispose_engines, engine_for
+from automation.tasks.jobs import INGEST, REFIT
+from automation.tasks.runtime import dispose_engines, engine_for
 from automation.tasks.scheduler import build_scheduler, parse_schedule, run_job, schedules
 from tests.test_tasks_support import day_files, private_redis, wait_for
 

@@ -199,8 +199,14 @@ def crash_cycles(c: Cluster, n: int, tmp_path: Path) -> None:
     check_consistency(c, tmp_path)
 
 
+def test_crash_mid_transaction_of_each_task(cluster: Cluster, tmp_path: Path) -> None:
+    """Three cycles: ingest (whole worker killed), update (pool process), refit (whole)."""
+    crash_cycles(cluster, 3, tmp_path)
+
+
+@pytest.mark.slow
 def test_crash_mid_transaction_ten_times(cluster: Cluster, tmp_path: Path) -> None:
     """Ten kill/restart cycles over ingest, update and refit, alternating a crash of the whole
     worker (redelivery after the visibility timeout) and of the pool process (requeued at
-    once). About 40 s, most of it the five visibility timeouts."""
+    once): 40-55 s on two cores, most of it the five visibility timeouts."""
     crash_cycles(cluster, 10, tmp_path)

@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
-from automation.segments.pipeline import SegmentationResult  # noqa: E402
+from automation.report.replay import Replay, flow_table, sizes_table  # noqa: E402
+from automation.segments.result import SegmentationResult  # noqa: E402
 
 HEAT_FEATURES = (
     "recency_days",
@@ -124,8 +125,42 @@ def _scatter(members: pd.DataFrame, data: dict[str, Any], seed: int = 0) -> str 
     return _png(fig)
 
 
-def render_report(result: SegmentationResult, title: str = "Shoal segmentation report") -> str:
+def _sizes_over_time(sizes: pd.DataFrame, names: dict[str, str]) -> str:
+    fig, ax = plt.subplots(figsize=(9, 4))
+    cols = list(sizes.columns)
+    ax.stackplot(
+        range(len(sizes)),
+        *[sizes[c].to_numpy() for c in cols],
+        labels=[f"{c} {names.get(c, '')}" for c in cols],
+        colors=_colors(len(cols)),
+        alpha=0.85,
+    )
+    ax.set_xticks(range(len(sizes)), list(sizes.index), rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("users")
+    ax.set_title("Segment sizes month by month (replayed as the live system would have)")
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)
+
+
+def render_report(
+    result: SegmentationResult,
+    title: str = "Shoal segmentation report",
+    replay: Replay | None = None,
+    current: dict[str, Any] | None = None,
+) -> str:
     data = result.to_dict()
+    replay_ctx = None
+    if replay is not None:
+        names = dict(replay.names)
+        sizes = sizes_table(replay)
+        flows = flow_table(replay)
+        replay_ctx = {
+            "chart": _sizes_over_time(sizes, names),
+            "months": replay.months,
+            "names": names,
+            "flows": flows.to_html(classes="flows", border=0) if not flows.empty else "",
+            "migrations": len(replay.migrations),
+        }
     members = result.members if result.members is not None else pd.DataFrame()
     charts = {
         "sizes": _sizes_chart(data),
@@ -137,12 +172,19 @@ def render_report(result: SegmentationResult, title: str = "Shoal segmentation r
         loader=PackageLoader("automation.report", "."), autoescape=select_autoescape()
     )
     template = env.get_template("report.html.j2")
-    return template.render(title=title, data=data, charts=charts)
+    return template.render(
+        title=title, data=data, charts=charts, replay=replay_ctx, current=current
+    )
 
 
-def write_report(result: SegmentationResult, path: str | Path) -> Path:
-    """Write the HTML report of ``result`` to ``path``."""
+def write_report(
+    result: SegmentationResult,
+    path: str | Path,
+    replay: Replay | None = None,
+    current: dict[str, Any] | None = None,
+) -> Path:
+    """Write the HTML report of ``result`` (and of a replay, if given) to ``path``."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(result), encoding="utf-8")
+    out.write_text(render_report(result, replay=replay, current=current), encoding="utf-8")
     return out

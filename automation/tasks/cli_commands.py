@@ -79,7 +79,7 @@ def worker(db: str | None, concurrency: int, loglevel: str, pool: str, as_json: 
                 "redis://localhost:6379/0 (without one, tasks run in-process)"
             )
         from automation.tasks.celery_app import make_celery
-        from automation.tasks.jobs import dispose_engines, engine_for
+        from automation.tasks.runtime import dispose_engines, engine_for
 
         app = make_celery(settings)
         engine_for(settings.database_url)  # fail fast, and apply migrations once

@@ -21,29 +21,27 @@ times; domain errors (:class:`~automation.errors.ShoalError`) never are. Every t
 JSON-safe dict with ``task_id`` and ``status`` (``done``, ``already_done``, ``nothing_pending``
 or ``skipped`` when there is no segmentation yet).
 
-Each process opens one engine per database URL, on first use (so prefork children never share a
-parent's connections).
+Each process opens one engine per database URL on first use (:mod:`automation.tasks.runtime`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import kombu.exceptions
-import redis.exceptions
 from sqlalchemy import Engine, text
-from sqlalchemy import exc as sa_exc
 
 from automation.errors import EmptyStoreError, ShoalError
-from automation.store.db import make_engine, upgrade
-from automation.store.locks import already_done
+from automation.tasks.runtime import (
+    TRANSIENT,
+    engine_for,
+    json_safe,
+    record_run,
+    recorded_result,
+    transient_errors,
+)
 
 if TYPE_CHECKING:
     from automation.tasks.celery_app import ShoalCelery
@@ -55,89 +53,6 @@ REFIT = "shoal.refit"
 TASK_NAMES = (INGEST, UPDATE, DRIFT_CHECK, REFIT)
 
 log = logging.getLogger("shoal.tasks")
-
-
-class ConnectionInvalidated(ConnectionError):
-    """A database error that invalidated the connection: worth a retry on a fresh one."""
-
-
-#: Errors a retry can cure: lost or refused connections, deadlocks, serialisation failures.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.TimeoutError,
-    ConnectionError,  # includes ConnectionInvalidated, refused/reset sockets
-    kombu.exceptions.OperationalError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-)
-
-_ENGINES: dict[tuple[int, str], Engine] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def engine_for(url: str) -> Engine:
-    """This process's engine for ``url``, opened (and migrated) on first use."""
-    key = (os.getpid(), url)
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            engine = make_engine(url)
-            # Connect once before migrating, so that an unreachable database raises the
-            # (retryable) OperationalError rather than a ConfigError.
-            engine.connect().close()
-            upgrade(engine)
-            _ENGINES[key] = engine
-    return engine
-
-
-def dispose_engines() -> None:
-    """Close this process's engines (tests, and the worker before it forks its pool)."""
-    with _ENGINES_LOCK:
-        for (pid, _), engine in list(_ENGINES.items()):
-            if pid == os.getpid():
-                engine.dispose()
-        _ENGINES.clear()
-
-
-@contextmanager
-def transient_errors() -> Iterator[None]:
-    """Turn a database error that invalidated its connection into a retryable error."""
-    try:
-        yield
-    except sa_exc.DBAPIError as err:
-        if err.connection_invalidated and not isinstance(err, sa_exc.OperationalError):
-            raise ConnectionInvalidated(str(err.orig or err)) from err
-        raise
-
-
-def json_safe(data: Any) -> Any:
-    """``data`` as plain JSON types (timestamps and numpy numbers become strings/numbers)."""
-    return json.loads(json.dumps(data, default=_default))
-
-
-def _default(value: Any) -> Any:
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
-    return str(value)
-
-
-def recorded_result(engine: Engine, key: str) -> dict[str, Any] | None:
-    """The result a completed task run ``key`` recorded, or ``None``."""
-    with engine.connect() as conn:
-        return already_done(conn, key)
-
-
-def record_run(engine: Engine, key: str, task: str, result: Mapping[str, Any]) -> None:
-    """Record ``key`` as done unless it already is (for tasks idempotent by their own means)."""
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO task_runs (key, task, result) VALUES (:k, :t, :r) "
-                "ON CONFLICT (key) DO NOTHING"
-            ),
-            {"k": key, "t": task, "r": json.dumps(json_safe(result))},
-        )
 
 
 def enqueue(
