@@ -19,7 +19,7 @@ from automation.features.build import FeatureTable, build_features
 from automation.features.scaling import FeatureScaler
 from automation.segments.naming import name_segments, segment_profiles
 from automation.segments.quality import quality_report, stability_ari
-from automation.segments.refit import record_refit, stored_result
+from automation.segments.refit import last_finished_batch, record_refit, stored_result
 from automation.segments.registry import METHODS, make_segmenter
 from automation.segments.result import SegmentationResult, clean, parse_k
 from automation.segments.select_k import select_k
@@ -53,6 +53,7 @@ def run_segmentation(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with engine.connect() as conn:
+        watermark = last_finished_batch(conn)
         table: FeatureTable = build_features(conn, as_of, random_state=seed)
     timings["features"] = time.perf_counter() - t0
     raw = table.frame
@@ -132,6 +133,7 @@ def run_segmentation(
             seed,
             model,
             task_key,
+            watermark,
         )
     timings["store"] = time.perf_counter() - t4
     segs = refit.segments

@@ -46,10 +46,10 @@ class RefitRecord:
 
 
 def last_finished_batch(conn: Connection) -> int:
-    value = conn.execute(
-        text("SELECT MAX(id) FROM ingest_batches WHERE finished_at IS NOT NULL")
-    ).scalar()
-    return int(value or 0)
+    """A refit's watermark, read before its features: every batch up to it is in them."""
+    from automation.segments.update import pending_batches
+
+    return pending_batches(conn, 0) or 0
 
 
 def record_refit(
@@ -67,6 +67,7 @@ def record_refit(
     seed: int,
     model: Any,
     task_key: str | None,
+    watermark: int,
 ) -> RefitRecord:
     """Store a fitted partition as a new version (in the caller's locked transaction)."""
     raw = table.frame
@@ -130,7 +131,7 @@ def record_refit(
         model={"class": type(model).__name__, "params": clean(model.get_params())},
         kind="refit",
         parent_id=cur.id if cur is not None else None,
-        last_batch_id=last_finished_batch(conn) if live else 0,
+        last_batch_id=watermark if live else 0,
         users_touched=len(raw),
     )
     vid = save_segmentation(conn, version, segs, members)

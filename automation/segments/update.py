@@ -116,6 +116,22 @@ def _advance(raw: pd.DataFrame, dt_days: float) -> pd.DataFrame:
     return out
 
 
+def pending_batches(conn: Connection, watermark: int) -> int | None:
+    """The last batch id that can be folded in: finished, with no unfinished batch before it."""
+    unfinished = conn.execute(
+        text("SELECT MIN(id) FROM ingest_batches WHERE id > :w AND finished_at IS NULL"),
+        {"w": watermark},
+    ).scalar()
+    bound = "" if unfinished is None else f" AND id < {int(unfinished)}"
+    value = conn.execute(
+        text(
+            f"SELECT MAX(id) FROM ingest_batches WHERE id > :w AND finished_at IS NOT NULL{bound}"
+        ),
+        {"w": watermark},
+    ).scalar()
+    return None if value is None else int(value)
+
+
 def run_update(
     engine: Engine,
     settings: Settings | None = None,
@@ -132,10 +148,7 @@ def run_update(
         if task_key is not None and already_done(conn, task_key) is not None:
             return None
         cur = current_version(conn)
-        pending = conn.execute(
-            text("SELECT MAX(id) FROM ingest_batches WHERE id > :w AND finished_at IS NOT NULL"),
-            {"w": cur.last_batch_id},
-        ).scalar()
+        pending = pending_batches(conn, cur.last_batch_id)
         if pending is None:
             if task_key is not None:
                 mark_done(conn, task_key, "update", {"version": None})

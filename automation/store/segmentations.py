@@ -90,20 +90,34 @@ def save_segmentation(
 
 
 def _refresh_current(conn: Connection) -> None:
-    """The newest ``as_of`` (then the newest id) is current; earlier versions' intervals close."""
-    rows = conn.execute(
-        select(Segmentation.id, Segmentation.as_of).order_by(Segmentation.as_of, Segmentation.id)
-    ).all()
-    current = rows[-1].id
-    conn.execute(update(Segmentation).values(is_current=Segmentation.id == current))
-    # Close each version's membership intervals at the next version's as_of.
-    for (sid, _), (_, nxt) in zip(rows[:-1], rows[1:], strict=True):
+    """The newest ``as_of`` (then the newest id) is current; older snapshots' intervals close.
+
+    A snapshot's memberships are valid from its ``as_of`` until the next refit's ``as_of``
+    (updates in between are recorded as migrations on top of it).
+    """
+    newest = conn.execute(
+        select(Segmentation.id, Segmentation.as_of)
+        .order_by(Segmentation.as_of.desc(), Segmentation.id.desc())
+        .limit(1)
+    ).one()
+    conn.execute(
+        update(Segmentation)
+        .where(Segmentation.is_current != (Segmentation.id == newest.id))
+        .values(is_current=Segmentation.id == newest.id)
+    )
+    base = conn.execute(
+        select(Segmentation.id, Segmentation.as_of)
+        .where(Segmentation.kind == "refit", Segmentation.as_of <= newest.as_of)
+        .order_by(Segmentation.as_of.desc(), Segmentation.id.desc())
+        .limit(1)
+    ).first()
+    if base is not None:
         conn.execute(
             text(
-                "UPDATE memberships SET valid_to = :t WHERE segmentation_id = :s "
-                "AND valid_to IS NULL"
+                "UPDATE memberships SET valid_to = :t WHERE valid_to IS NULL "
+                "AND segmentation_id <> :s AND valid_from <= :t"
             ),
-            {"t": ts_param(conn, pd.Timestamp(nxt)), "s": sid},
+            {"t": ts_param(conn, pd.Timestamp(base.as_of)), "s": base.id},
         )
 
 
