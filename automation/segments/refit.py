@@ -149,7 +149,7 @@ def record_refit(
         dyn = DynamicSegmenter().init_from_partition(X, seg_ids, bimod)
         conn.execute(text("UPDATE segment_state SET status = 'retired' WHERE status = 'active'"))
         save_state(conn, vid, at, dyn.state())
-        save_snapshot(conn, vid, at, raw, table.affinity_model)
+        save_snapshot(conn, vid, at, raw, table.affinity_model, seg_ids)
     if task_key is not None:
         mark_done(conn, task_key, "refit", {"version": vid})
     return RefitRecord(vid, segs, members)
@@ -175,7 +175,7 @@ def _moves(
     snap = load_snapshot(conn)
     X_old = None
     if snap is not None:
-        old_raw = snap[0].reindex(raw.index[idx])
+        old_raw = snap.raw.reindex(raw.index[idx])
         cols = [c for c in scaler.features_ if c in old_raw.columns]
         if len(cols) == len(scaler.features_):
             X_old = scaler.transform(old_raw[scaler.features_].fillna(np.nan))

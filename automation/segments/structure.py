@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from river import drift as river_drift
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
@@ -80,8 +81,8 @@ def apply_structure(
     out: list[dict[str, Any]] = []
 
     def counts() -> dict[str, int]:
-        ids, cnt = np.unique(labels.astype(str), return_counts=True)
-        return dict(zip(ids.tolist(), cnt.tolist(), strict=True))
+        vc = pd.Series(labels).value_counts()
+        return {str(k): int(v) for k, v in vc.items()}
 
     # Retired: decayed weight too small a share of the total.
     total = sum(s.weight for s in seg.active) or 1.0

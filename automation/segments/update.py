@@ -177,7 +177,7 @@ def _update(
     snap = load_snapshot(conn)
     if snap is None:
         raise EmptyStoreError("no feature snapshot: run `shoal segment` (a refit) first")
-    prev_raw, snap_at, affinity = snap
+    prev_raw, snap_at, affinity = snap.raw, snap.at, snap.affinity
     scaler = FeatureScaler.from_dict(cur.scaler)
     at = latest_event_time(conn)
     dt_days = max((at - snap_at).total_seconds() / 86_400.0, 0.0)
@@ -189,13 +189,12 @@ def _update(
     raw.loc[fresh.index, cols] = fresh[cols].to_numpy()
     raw = raw.fillna(0.0)
     X = scaler.transform(raw)
-    old = resolve(conn, cur)
-    current = (
-        pd.Series(old["segment_id"].astype(str).to_numpy(), index=old["user_key"])
-        .reindex(raw.index)
-        .fillna(NONE)
-        .to_numpy(dtype=object)
-    )
+    if snap.labels is not None:  # the snapshot carries every user's segment: no resolve
+        before = snap.labels
+    else:
+        old = resolve(conn, cur)
+        before = pd.Series(old["segment_id"].astype(str).to_numpy(), index=old["user_key"])
+    current = before.reindex(raw.index).fillna(NONE).to_numpy(dtype=object)
     seg = DynamicSegmenter(half_life_days=half_life_days, margin=margin).load_state(
         load_state(conn)
     )
@@ -335,7 +334,7 @@ def _record(
         )
     write_transitions(conn, vid, at, transitions)
     save_state(conn, vid, at, [s.to_dict() for s in seg.segments_])
-    save_snapshot(conn, vid, at, raw, affinity)
+    save_snapshot(conn, vid, at, raw, affinity, labels)
     return vid
 
 

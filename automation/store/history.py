@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -252,19 +253,31 @@ def load_state(conn: Connection) -> list[dict[str, Any]]:
     return [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
 
 
+@dataclass
+class Snapshot:
+    """The per-user state of the newest version: raw features and segment ids."""
+
+    raw: pd.DataFrame
+    at: pd.Timestamp
+    affinity: AffinityModel
+    labels: pd.Series | None  # segment id per user key (None in a snapshot without them)
+
+
 def save_snapshot(
     conn: Connection,
     version_id: int,
     at: pd.Timestamp,
     raw: pd.DataFrame,
     model: AffinityModel,
+    labels: np.ndarray,
 ) -> None:
-    """The per-user raw features of this version (only the newest snapshot is kept)."""
+    """The per-user raw features and segment ids of this version (only the newest is kept)."""
     buf = io.BytesIO()
     np.savez(
         buf,
         user_keys=raw.index.to_numpy(dtype=np.int64),
         values=raw.to_numpy(dtype=np.float32),
+        labels=np.asarray(labels, dtype=str),
         affinity=np.frombuffer(model.to_bytes(), dtype=np.uint8),
     )
     conn.execute(text("DELETE FROM feature_snapshots"))
@@ -282,7 +295,7 @@ def save_snapshot(
     )
 
 
-def load_snapshot(conn: Connection) -> tuple[pd.DataFrame, pd.Timestamp, AffinityModel] | None:
+def load_snapshot(conn: Connection) -> Snapshot | None:
     row = conn.execute(
         text("SELECT as_of, columns, data FROM feature_snapshots ORDER BY version_id DESC LIMIT 1")
     ).first()
@@ -290,13 +303,11 @@ def load_snapshot(conn: Connection) -> tuple[pd.DataFrame, pd.Timestamp, Affinit
         return None
     cols = json.loads(row[1]) if isinstance(row[1], str) else row[1]
     z = np.load(io.BytesIO(bytes(row[2])), allow_pickle=False)
-    raw = pd.DataFrame(
-        z["values"].astype(np.float64),
-        index=pd.Index(z["user_keys"], name="user_key"),
-        columns=cols,
-    )
+    index = pd.Index(z["user_keys"], name="user_key")
+    raw = pd.DataFrame(z["values"].astype(np.float64), index=index, columns=cols)
     at = pd.Timestamp(pd.to_datetime(pd.Series([row[0]]), utc=True, format="ISO8601").iloc[0])
-    return raw, at, AffinityModel.from_bytes(z["affinity"].tobytes())
+    labels = pd.Series(z["labels"].astype(object), index=index) if "labels" in z.files else None
+    return Snapshot(raw, at, AffinityModel.from_bytes(z["affinity"].tobytes()), labels)
 
 
 def resolve_user(conn: Connection, version: Row[Any], user_key: int) -> str | None:
