@@ -31,6 +31,16 @@ PG_ENV = "SHOAL_TEST_DATABASE_URL"
 _LIMITS: Any = None
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so ``finally`` blocks still drop schemas and temp dirs."""
+    import signal
+
+    def _stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+
+
 def pin_threads() -> None:
     """One BLAS/OpenMP thread for the whole run (kept for the life of the process)."""
     global _LIMITS
@@ -111,7 +121,29 @@ def machine_info() -> dict[str, Any]:
         "sklearn": sklearn.__version__,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "blas": blas_info(),
+        "loadavg_start": list(os.getloadavg()),
+        "git": git_revision(),
     }
+
+
+def git_revision() -> str:
+    """The checked-out commit, ``+dirty`` when the work tree has changes (the code moves)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{'+dirty' if dirty else ''}" if head else "unknown"
 
 
 def print_machine(info: dict[str, Any], out: Any = None) -> None:
@@ -119,9 +151,16 @@ def print_machine(info: dict[str, Any], out: Any = None) -> None:
     print(
         f"date {info['date']}  cpus {info['cpus']}  python {info['python']}  "
         f"numpy {info['numpy']}  pandas {info['pandas']}  sklearn {info['sklearn']}  "
-        f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}",
+        f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}  git {info.get('git')}",
         file=out,
     )
+    load = info.get("loadavg_start")
+    end = info.get("loadavg_end")
+    if load:
+        text = f"load average (1/5/15 min) at start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}"
+        if end:
+            text += f", at end {end[0]:.2f}/{end[1]:.2f}/{end[2]:.2f}"
+        print(text + f" on {info['cpus']} cpus (other work on the machine skews timings)", file=out)
     for b in info["blas"]:
         print(
             f"threadpool: {b['user_api']}/{b['internal_api']} {b['version']} "
@@ -340,11 +379,15 @@ INGEST_PROBES = [
     ("automation.ingest.load", "fold_into_aggregates", "fold_into_aggregates"),
 ]
 SEGMENT_PROBES = [
+    ("automation.segments.pipeline", "last_finished_batch", "last_finished_batch"),
     ("automation.segments.pipeline", "build_features", "build_features"),
     ("automation.features.build", "latest_event_time", "latest_event_time"),
     ("automation.features.build", "read_frame", "read_frame"),
     ("automation.features.build", "_compose", "compose"),
-    ("automation.features.build", "_affinity", "affinity"),
+    ("automation.features.build", "fit_affinity", "fit_affinity"),
+    ("automation.features.affinity", "_category_weights", "category weights (SQL)"),
+    ("automation.features.affinity", "_category_frame", "category frame (pandas)"),
+    ("automation.features.affinity", "_purchases", "purchases (SQL)"),
     ("automation.features.scaling:FeatureScaler.fit", None, "scaler.fit"),
     ("automation.features.scaling:FeatureScaler.transform", None, "scaler.transform"),
     ("automation.segments.pipeline", "select_k", "select_k"),
@@ -363,10 +406,24 @@ SEGMENT_PROBES = [
     ("automation.segments.quality", "segment_profiles", "segment_profiles"),
     ("automation.segments.pipeline", "segment_profiles", "segment_profiles"),
     ("automation.segments.pipeline", "name_segments", "name_segments"),
+    ("automation.segments.pipeline", "record_refit", "record_refit"),
+    ("automation.segments.refit", "resolve", "resolve previous"),
+    ("automation.segments.refit", "match_refit", "match_refit"),
+    ("automation.segments.refit", "save_segmentation", "save_segmentation"),
+    ("automation.store.segmentations", "write_frame", "write_frame (memberships)"),
+    ("automation.segments.refit", "_moves", "moves"),
+    ("automation.segments.refit", "write_migrations", "write_migrations"),
+    ("automation.segments.refit", "write_outbox", "write_outbox"),
+    ("automation.segments.refit", "write_transitions", "write_transitions"),
+    ("automation.segments.refit", "bimodality", "bimodality"),
+    ("automation.segments.dynamic:DynamicSegmenter.init_from_partition", None, "dynamic init"),
+    ("automation.segments.refit", "save_state", "save_state"),
+    ("automation.segments.refit", "save_snapshot", "save_snapshot"),
+    ("automation.store.history", "write_frame", "write_frame"),
+    # older layout of the pipeline (kept so the bench also runs on earlier commits)
     ("automation.segments.pipeline", "previous_members", "previous_members"),
     ("automation.segments.pipeline", "match_segments", "match_segments"),
     ("automation.segments.pipeline", "save_segmentation", "save_segmentation"),
-    ("automation.store.segmentations", "write_frame", "write_frame (memberships)"),
 ]
 
 
@@ -374,6 +431,7 @@ def install_probes(probe: Probe, spec: list[tuple[str, str | None, str]]) -> Non
     """Wrap each function of ``spec`` that exists (the code moves; missing ones are skipped)."""
     import importlib
 
+    missing: list[str] = []
     for target, attr, label in spec:
         try:
             if ":" in target:
@@ -389,8 +447,10 @@ def install_probes(probe: Probe, spec: list[tuple[str, str | None, str]]) -> Non
                 if not hasattr(module, attr):
                     raise AttributeError(attr)
                 probe.wrap(module, attr, label)
-        except (ImportError, AttributeError) as exc:
-            log(f"probe: {target} {attr or ''} not found ({exc}); skipped")
+        except (ImportError, AttributeError):
+            missing.append(f"{target}.{attr}" if attr else target)
+    if missing:
+        log(f"probe: not in this version of the code, not timed: {', '.join(missing)}")
 
 
 # -------------------------------------------------------------------------------------- stores

@@ -11,6 +11,7 @@ Run (from the repository root)::
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -234,6 +235,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     common.pin_threads()
+    common.exit_cleanly_on_sigterm()
     pg = common.pg_url_arg(args.pg)
     res: dict[str, Any] = {"machine": common.machine_info(), "shoal": []}
     with common.sqlite_file() as url:
@@ -254,6 +256,7 @@ def main() -> None:
         r["database"]: common.ratio(r["total"], res["baseline"]["total"]) for r in res["shoal"]
     }
     res["peak_rss_mb"] = common.peak_rss_mb()
+    res["machine"]["loadavg_end"] = list(os.getloadavg())
     if args.json:
         common.dump_json(res)
     else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import shutil
 import tempfile
@@ -329,10 +330,13 @@ def shoal_ingest(url: str, csv_path: Path, profile: Path | None) -> dict[str, An
     probe.watch_sql()
     prof = cProfile.Profile() if profile else None
     try:
+        marks: list[tuple[float, int]] = []
         t = time.perf_counter()
         if prof is not None:
             prof.enable()
-        report = api.ingest(engine, [csv_path])
+        report = api.ingest(
+            engine, [csv_path], progress=lambda n: marks.append((time.perf_counter(), n))
+        )
         if prof is not None:
             prof.disable()
         wall = time.perf_counter() - t
@@ -345,6 +349,7 @@ def shoal_ingest(url: str, csv_path: Path, profile: Path | None) -> dict[str, An
         "wall_seconds": wall,
         "events_per_second": report.read / report.seconds if report.seconds else None,
         "breakdown": probe.rows(0.01),
+        "per_batch": _batch_rates(t, marks),
         "rss_mb": common.peak_rss_mb(),
     }
     if prof is not None and profile is not None:
@@ -353,6 +358,32 @@ def shoal_ingest(url: str, csv_path: Path, profile: Path | None) -> dict[str, An
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
         out["cprofile_top_tottime"] = buf.getvalue()
     return out
+
+
+def _batch_rates(t0: float, marks: list[tuple[float, int]]) -> dict[str, Any]:
+    """Events/s of each ingest batch (from the progress callback), summarised by quarter."""
+    rates, prev = [], t0
+    for t, n in marks:
+        rates.append((n, t - prev))
+        prev = t
+    if not rates:
+        return {}
+    q = max(1, len(rates) // 4)
+    parts = {
+        "first quarter": rates[:q],
+        "second quarter": rates[q : 2 * q],
+        "third quarter": rates[2 * q : 3 * q],
+        "last quarter": rates[3 * q :],
+    }
+    return {
+        "batches": len(rates),
+        "events_per_batch": sum(n for n, _ in rates) / len(rates),
+        "events_per_second": {
+            name: sum(n for n, _ in part) / sum(dt for _, dt in part)
+            for name, part in parts.items()
+            if part and sum(dt for _, dt in part) > 0
+        },
+    }
 
 
 def shoal_segment(url: str, k: str) -> dict[str, Any]:
@@ -482,6 +513,7 @@ def run(args: Any, pg: str) -> dict[str, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res["peak_rss_mb"] = common.peak_rss_mb()
+    res["machine"]["loadavg_end"] = list(os.getloadavg())
     return res
 
 
@@ -560,6 +592,13 @@ def print_report(res: dict[str, Any]) -> None:
         f"\nShoal ingest: read {r['read']:,}, accepted {r['accepted']:,}, duplicates "
         f"{r['duplicates']:,}, quarantined {r['quarantined']:,} {r['quarantine_reasons'] or ''}"
     )
+    pb = ing.get("per_batch") or {}
+    if pb:
+        quarters = ", ".join(f"{k} {v:,.0f}/s" for k, v in pb["events_per_second"].items())
+        print(
+            f"Shoal ingest per batch: {pb['batches']} batches of ~{pb['events_per_batch']:,.0f} "
+            f"events; {quarters}"
+        )
     for c in copies:
         enc = (
             f", encode {c['encode_seconds']:.1f} s (overlapped)"
@@ -617,6 +656,7 @@ def main() -> None:
     parser.add_argument("--cprofile", default=None, help="profile Shoal's ingest into this file")
     args = parser.parse_args()
     common.pin_threads()
+    common.exit_cleanly_on_sigterm()
     pg = common.pg_url_arg(args.pg)
     if pg is None:
         msg = f"no --pg URL and ${common.PG_ENV} unset: this benchmark needs PostgreSQL; skipped"

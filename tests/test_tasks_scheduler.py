@@ -57,6 +57,12 @@ def test_interval_and_cron_values() -> None:
     saturday = datetime(2024, 5, 11, 0, 0, tzinfo=UTC)
     assert weekdays is not None
     assert weekdays.get_next_fire_time(None, saturday) == datetime(2024, 5, 13, 9, 0, tzinfo=UTC)
+    every_day, _ = parse_schedule("SHOAL_SCHEDULE_REFIT", "cron:0 3 * * 0-6")
+    assert every_day is not None
+    assert every_day.get_next_fire_time(None, saturday) == datetime(2024, 5, 11, 3, tzinfo=UTC)
+    other_days, _ = parse_schedule("SHOAL_SCHEDULE_REFIT", "cron:0 3 * * */2")  # Sun, Tue, ..
+    assert other_days is not None
+    assert other_days.get_next_fire_time(None, monday) == datetime(2024, 5, 7, 3, tzinfo=UTC)
     assert parse_schedule("SHOAL_SCHEDULE_DRIFT", "off") == (None, None)
 
 
@@ -73,6 +79,8 @@ def test_interval_and_cron_values() -> None:
         "cron:61 3 * * *",
         "cron:0 25 * * *",
         "cron:0 3 * * 9",
+        "cron:0 3 * * 5-1",
+        "cron:0 3 * * 1-",
         "",
         "300",
     ],

@@ -81,11 +81,14 @@ class Cluster:
         """Run ``task`` and kill the worker while it is inside its transaction."""
         with table_locked(self.engine, LATE_WRITE[task]):
             task_id = self.send(task, i)
-            wait_for(
-                f"{task} to block inside its transaction",
-                lambda: blocked_writer(self.engine, self.app_name),
-                timeout=TIMEOUT,
-            )
+
+            def blocked() -> int | None:
+                result = self.app.AsyncResult(task_id)
+                if result.ready():  # it finished without writing that table: say what it did
+                    raise AssertionError(f"{task} never blocked; it returned {result.result}")
+                return blocked_writer(self.engine, self.app_name)
+
+            wait_for(f"{task} to block inside its transaction", blocked, timeout=TIMEOUT)
             if whole_worker:
                 self.worker.kill()
             else:

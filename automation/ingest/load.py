@@ -1,7 +1,7 @@
 """Bulk load of validated events: ids, user/item keys, staging, de-duplication, aggregates.
 
-One batch is one transaction: users and items are upserted first (which also takes the write
-lock: an advisory lock on PostgreSQL, the database lock on SQLite), then the batch is staged in a
+One batch is one transaction, under the ingest lock the caller holds
+(:func:`automation.store.locks.acquire_lock`): users and items are upserted, then the batch is staged in a
 temporary table (``COPY`` on PostgreSQL), rows already stored are removed from the stage and
 counted as duplicates, the rest go into ``events`` in one ``INSERT ... SELECT`` (the primary key
 enforces uniqueness), and the running aggregates are folded from the stage. No Python loop over
@@ -144,8 +144,6 @@ def load_batch(
     dup_in_batch = pair.duplicated().to_numpy()
     acc = acc[~dup_in_batch].reset_index(drop=True)
     ids = ids[~dup_in_batch]
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(7406072)"))
     if len(acc) == 0:
         return Loaded(0, int(dup_in_batch.sum()))
 

@@ -20,7 +20,7 @@ from automation.ingest.load import load_batch, store_quarantine
 from automation.ingest.mapping import ColumnPlan, parse_pairs, plan_columns, preset_named
 from automation.ingest.readers import RawBatch, detect_format, read_file
 from automation.ingest.validate import validate
-from models import IngestBatch
+from automation.store.locks import acquire_lock
 
 Progress = Callable[[int], None]
 
@@ -80,15 +80,29 @@ def _isna(v: object) -> bool:
     return v is None or (isinstance(v, float) and v != v)
 
 
+@dataclass
+class BatchSource:
+    """Where a block comes from, recorded on its ``ingest_batches`` row."""
+
+    source: str
+    preset: str | None
+    mapping: dict[str, str]
+    fmt: str
+
+
 def ingest_batch(
     engine: Engine,
     raw: RawBatch,
     plan: ColumnPlan,
-    batch_id: int,
+    origin: BatchSource,
     settings: Settings,
-    fmt: str,
 ) -> IngestReport:
-    """Validate, load and quarantine one batch in one transaction."""
+    """Validate, load and quarantine one block in one transaction.
+
+    The block's ``ingest_batches`` row is created and finished inside that transaction, under
+    the ingest lock: a crash leaves no half-recorded batch, and batch ids are committed in
+    order, so an update's watermark can never pass a batch that commits later.
+    """
     canonical = plan.apply(raw.frame)
     now = pd.Timestamp.now(tz="UTC")
     checked = validate(
@@ -96,9 +110,9 @@ def ingest_batch(
     )
     rej = checked.rejected
     q_rows = rej["row"].to_numpy()
+    n_q = len(rej) + len(raw.rejects)
     quarantine: dict[str, pd.Series] = {
-        "batch_id": pd.Series(np.full(len(rej) + len(raw.rejects), batch_id, dtype=np.int64)),
-        "source": pd.Series([raw.source] * (len(rej) + len(raw.rejects)), dtype="object"),
+        "source": pd.Series([raw.source] * n_q, dtype="object"),
         "line": pd.Series(
             np.concatenate(
                 [raw.lines[q_rows], np.array([r.line or -1 for r in raw.rejects], dtype=np.int64)]
@@ -107,25 +121,37 @@ def ingest_batch(
         "reason": pd.Series([*rej["reason"], *(r.reason for r in raw.rejects)], dtype="object"),
         "detail": pd.Series([*rej["detail"], *(r.detail for r in raw.rejects)], dtype="object"),
         "raw": pd.Series(
-            [*_raw_text(raw.frame, q_rows, fmt), *(r.raw for r in raw.rejects)], dtype="object"
+            [*_raw_text(raw.frame, q_rows, origin.fmt), *(r.raw for r in raw.rejects)],
+            dtype="object",
         ),
     }
     with engine.begin() as conn:
+        acquire_lock(conn, "ingest")
+        batch_id = int(
+            conn.execute(
+                text(
+                    "INSERT INTO ingest_batches (source, preset, mapping, read, accepted, "
+                    "duplicates, quarantined) VALUES (:s, :p, :m, 0, 0, 0, 0) RETURNING id"
+                ),
+                {"s": origin.source, "p": origin.preset, "m": json.dumps(origin.mapping)},
+            ).scalar_one()
+        )
         loaded = load_batch(conn, checked.accepted, batch_id, plan.non_product)
+        quarantine["batch_id"] = pd.Series(np.full(n_q, batch_id, dtype=np.int64))
         store_quarantine(conn, quarantine)
         report = IngestReport(
             read=raw.read,
             accepted=loaded.inserted,
             duplicates=loaded.duplicates,
-            quarantined=len(rej) + len(raw.rejects),
+            quarantined=n_q,
             reasons=Counter(quarantine["reason"].tolist()),
         )
         if report.read != report.accepted + report.duplicates + report.quarantined:
             raise RuntimeError(f"accounting broken in batch {batch_id}: {report.to_dict()}")
         conn.execute(
             text(
-                "UPDATE ingest_batches SET read = read + :r, accepted = accepted + :a, "
-                "duplicates = duplicates + :d, quarantined = quarantined + :q WHERE id = :id"
+                "UPDATE ingest_batches SET read = :r, accepted = :a, duplicates = :d, "
+                "quarantined = :q, finished_at = CURRENT_TIMESTAMP WHERE id = :id"
             ),
             {
                 "r": report.read,
@@ -160,26 +186,12 @@ def ingest_files(
         if first is None or first.read == 0:
             raise EmptyInputError(f"{path}: no rows to ingest")
         plan = plan_columns(list(first.frame.columns), str(path), chosen, map_pairs, set_pairs)
-        with engine.begin() as conn:
-            batch = IngestBatch(source=str(path), preset=preset, mapping={**map_pairs, **set_pairs})
-            row = conn.execute(
-                text(
-                    "INSERT INTO ingest_batches (source, preset, mapping, read, accepted, "
-                    "duplicates, quarantined) VALUES (:s, :p, :m, 0, 0, 0, 0) RETURNING id"
-                ),
-                {"s": batch.source, "p": batch.preset, "m": json.dumps(batch.mapping)},
-            ).one()
-            batch_id = int(row[0])
+        origin = BatchSource(str(path), preset, {**map_pairs, **set_pairs}, fmt)
         for raw in _chain(first, batches):
-            report = ingest_batch(engine, raw, plan, batch_id, settings, fmt)
+            report = ingest_batch(engine, raw, plan, origin, settings)
             total.add(report)
             if progress is not None:
                 progress(report.read)
-        with engine.begin() as conn:
-            conn.execute(
-                text("UPDATE ingest_batches SET finished_at = CURRENT_TIMESTAMP WHERE id = :id"),
-                {"id": batch_id},
-            )
         total.files.append(str(path))
     total.seconds = time.perf_counter() - started
     return total

@@ -117,16 +117,13 @@ def _advance(raw: pd.DataFrame, dt_days: float) -> pd.DataFrame:
 
 
 def pending_batches(conn: Connection, watermark: int) -> int | None:
-    """The last batch id that can be folded in: finished, with no unfinished batch before it."""
-    unfinished = conn.execute(
-        text("SELECT MIN(id) FROM ingest_batches WHERE id > :w AND finished_at IS NULL"),
-        {"w": watermark},
-    ).scalar()
-    bound = "" if unfinished is None else f" AND id < {int(unfinished)}"
+    """The last ingest batch after ``watermark``, or ``None``.
+
+    Every batch row is created and finished in its block's transaction under the ingest lock,
+    so committed batch ids only grow: nothing below the newest committed batch can appear later.
+    """
     value = conn.execute(
-        text(
-            f"SELECT MAX(id) FROM ingest_batches WHERE id > :w AND finished_at IS NOT NULL{bound}"
-        ),
+        text("SELECT MAX(id) FROM ingest_batches WHERE id > :w AND finished_at IS NOT NULL"),
         {"w": watermark},
     ).scalar()
     return None if value is None else int(value)

@@ -24,9 +24,12 @@ def _lock_id(name: str) -> int:
 
 
 def acquire_lock(conn: Connection, name: str, holder: str = "") -> None:
-    """Block until this transaction holds the lock ``name``."""
+    """Block until this transaction holds the lock ``name`` (per database schema)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _lock_id(name)})
+        schema = conn.execute(text("SELECT current_schema()")).scalar() or ""
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:id)"), {"id": _lock_id(f"{schema}.{name}")}
+        )
     conn.execute(
         text(
             "INSERT INTO locks (name, holder, acquired_at, count) "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,13 +75,29 @@ class Schedule:
 
 
 def _cron_weekday(field: str) -> str:
-    """Crontab day-of-week numbers (0/7 Sunday) as names, which APScheduler 3 reads right."""
-    parts = []
+    """A crontab day-of-week field (0 and 7 are Sunday) as APScheduler 3 day names.
+
+    APScheduler 3 numbers days from Monday, so numbers, ranges and steps are spelled out as
+    names: ``1-5`` -> ``mon,tue,wed,thu,fri``, ``0-6`` and ``*/2`` keep their crontab meaning.
+    Parts already written with names pass through.
+    """
+    days: list[str] = []
     for part in field.split(","):
-        base, slash, step = part.partition("/")
-        ends = [_WEEKDAYS[int(x)] if x.isdigit() and int(x) <= 7 else x for x in base.split("-")]
-        parts.append("-".join(ends) + (slash + step))
-    return ",".join(parts)
+        base, _, step = part.partition("/")
+        if base == "*" and not step:
+            return "*"
+        numbers = re.fullmatch(r"(\d+)(?:-(\d+))?", "0-6" if base == "*" else base)
+        if numbers is None:
+            if any(ch.isdigit() for ch in base):
+                raise ValueError(f"day of week {part!r} is not a crontab value")
+            days.append(part)  # names such as mon-fri: APScheduler reads them as crontab does
+            continue
+        first = int(numbers[1])
+        last = int(numbers[2]) if numbers[2] else (7 if step else first)
+        if not 0 <= first <= last <= 7 or (step and int(step) < 1):
+            raise ValueError(f"day of week {part!r} is out of 0-7")
+        days += [_WEEKDAYS[d] for d in range(first, last + 1, int(step or 1))]
+    return ",".join(dict.fromkeys(days))
 
 
 def parse_schedule(
