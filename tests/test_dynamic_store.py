@@ -82,6 +82,8 @@ def test_daily_updates_exactly_once_with_time_travel(
     # Every migration is recorded with an explanation and an outbox event.
     moves = api.migrations(engine)
     assert moves and all(m["explanation"]["distance_to_new"] is not None for m in moves)
+    caused = [m for m in moves if m["reason"] == "events"]
+    assert caused and all(m["events"] > 0 and len(m["explanation"]["batches"]) == 2 for m in caused)
     assert {m["reason"] for m in moves} <= {
         "events",
         "time",

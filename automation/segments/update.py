@@ -316,7 +316,17 @@ def _record(
     changed = np.flatnonzero(labels != current)
     if len(changed):
         moves = _moves(
-            raw, X, labels, current, prev_raw, scaler, seg, transitions, touched, changed
+            raw,
+            X,
+            labels,
+            current,
+            prev_raw,
+            scaler,
+            seg,
+            transitions,
+            touched,
+            changed,
+            (cur.last_batch_id + 1, last_batch),
         )
         write_migrations(conn, vid, base, at, moves)
         write_outbox(conn, vid, at, moves, transitions, names)
@@ -346,6 +356,7 @@ def _moves(
     transitions: list[dict[str, Any]],
     touched: pd.DataFrame,
     changed: np.ndarray,
+    batches: tuple[int, int],
 ) -> pd.DataFrame:
     keys = raw.index.to_numpy()[changed]
     from_ids = current[changed]
@@ -372,6 +383,9 @@ def _moves(
         scaler.features_,
         n_events,
     )
+    for item, ev in zip(explanations, n_events, strict=True):
+        if ev > 0:  # the events that caused it: this user's events in these ingest batches
+            item["batches"] = list(batches)
     return pd.DataFrame(
         {
             "user_key": keys,
