@@ -19,7 +19,6 @@ from sqlalchemy import Connection, Row, text
 
 from automation.features.affinity import AffinityModel
 from automation.store.bulk import read_frame, write_frame
-from automation.store.segmentations import current_version, version_as_of
 
 
 def _bool(col: pd.Series) -> pd.Series:
@@ -52,14 +51,6 @@ def resolve(conn: Connection, version: Row[Any]) -> pd.DataFrame:
     merged.loc[upd.index, "segment_id"] = upd
     merged["is_outlier"] = merged["is_outlier"].fillna(False).astype(bool)
     return merged.reset_index()
-
-
-def assignments_at(
-    conn: Connection, at: pd.Timestamp | None = None
-) -> tuple[Row[Any], pd.DataFrame]:
-    """The version in force at ``at`` (default: current) and every user's segment in it."""
-    version = current_version(conn) if at is None else version_as_of(conn, at)
-    return version, resolve(conn, version)
 
 
 def _finite(value: Any) -> Any:

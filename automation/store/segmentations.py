@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Row, insert, select, text, update
 
 from automation.errors import EmptyStoreError, NotFoundError
 from automation.features.build import ts_param
-from automation.store.bulk import read_frame, write_frame
+from automation.store.bulk import write_frame
 from models import Segment, Segmentation
 
 
@@ -165,35 +165,3 @@ def segments_of(conn: Connection, version: int) -> list[Row[Any]]:
             .order_by(Segment.label)
         ).all()
     )
-
-
-def assignments(conn: Connection, version: int) -> pd.DataFrame:
-    """Every member of ``version``: user_id, segment_id, segment name, outlier flag, valid from."""
-    frame = read_frame(
-        conn,
-        """SELECT u.external_id AS user_id, m.segment_id, s.name AS segment_name,
-                  m.is_outlier, m.valid_from
-           FROM memberships m
-           JOIN users u ON u.id = m.user_key
-           JOIN segments s ON s.segmentation_id = m.segmentation_id
-                          AND s.segment_id = m.segment_id
-           WHERE m.segmentation_id = :v
-           ORDER BY u.external_id""",
-        {"v": version},
-    )
-    frame["is_outlier"] = frame["is_outlier"].astype(str).str.lower().isin(["1", "true", "t"])
-    return frame
-
-
-def previous_members(conn: Connection) -> pd.Series | None:
-    """Current version's segment id per user key, for matching a new version against it."""
-    try:
-        cur = current_version(conn)
-    except EmptyStoreError:
-        return None
-    frame = read_frame(
-        conn,
-        "SELECT user_key, segment_id FROM memberships WHERE segmentation_id = :v",
-        {"v": cur.id},
-    )
-    return pd.Series(frame["segment_id"].astype("str").to_numpy(), index=frame["user_key"])
