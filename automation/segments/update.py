@@ -134,8 +134,8 @@ def run_update(
     settings: Settings | None = None,
     task_key: str | None = None,
     policy: StructurePolicy | None = None,
-    half_life_days: float = 14.0,
-    margin: float = 0.15,
+    half_life_days: float = 7.0,
+    margin: float = 0.65,
 ) -> UpdateResult | None:
     """Fold every pending ingest batch into the live segmentation; ``None`` if none is pending."""
     del settings  # reserved: thresholds from configuration

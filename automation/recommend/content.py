@@ -1,0 +1,71 @@
+"""Content: TF-IDF over item names (descriptions) and categories; neighbours of what a user has."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from automation.errors import ValidationError
+from automation.recommend.base import Recommender
+from automation.recommend.context import csr_arrays, csr_from
+from automation.recommend.data import Catalogue, FloatArray, IntArray, Interactions
+from automation.recommend.knn import anchor_reasons
+from automation.recommend.similarity import text_similarity
+
+
+def item_texts(cat: Catalogue) -> list[str]:
+    """Name and category of each item, as one text (the category repeated: it weighs more)."""
+    out = []
+    for name, category in zip(cat.names.tolist(), cat.categories.tolist(), strict=True):
+        label = f" {category} {category}" if category else ""
+        out.append(f"{name}{label}")
+    return out
+
+
+class ContentRecommender(Recommender):
+    """Scores an item by the TF-IDF cosine of its text to the texts of the user's items.
+
+    Parameters
+    ----------
+    k : int
+        Text neighbours kept per item.
+    ngram_max : int
+        Longest word n-gram.
+    """
+
+    name = "content"
+    defaults = {"k": 50, "ngram_max": 2}
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        for key in ("k", "ngram_max"):
+            if int(self.params[key]) < 1:
+                raise ValidationError(f"{key}={self.params[key]} should be >= 1")
+
+    def _fit(self, interactions: Interactions) -> None:
+        self.sim_ = text_similarity(
+            item_texts(self.context.catalogue), int(self.params["k"]), int(self.params["ngram_max"])
+        )
+
+    def _scores(self, rows: IntArray, segments: IntArray) -> FloatArray:
+        return np.asarray((self.context.profile_rows(rows) @ self.sim_).todense())
+
+    def _reasons(self, rows: IntArray, segments: IntArray, items: IntArray) -> list[list[str]]:
+        return anchor_reasons(
+            self.context.profile_rows(rows),
+            self.sim_,
+            items,
+            self.context.catalogue.names,
+            "similar to {anchor}",
+        )
+
+    def _item_similarity(self, item: int) -> FloatArray:
+        return np.asarray(self.sim_[item].todense()).ravel()
+
+    def _state(self) -> dict[str, Any]:
+        return csr_arrays("sim", self.sim_)
+
+    def _set_state(self, z: Mapping[str, Any]) -> None:
+        self.sim_ = csr_from(z, "sim")

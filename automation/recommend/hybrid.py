@@ -1,0 +1,313 @@
+"""The segment-aware hybrid: the user's own signal, blended with their segment's prior.
+
+For user ``u`` with ``n_u`` distinct items in their (recency-decayed) history and segment ``s``:
+
+``own(u, i)``
+    ``w_cf * cf + w_basket * basket + w_content * content + w_als * als``, each component scaled
+    so that the user's best item scores 1: co-purchase neighbours over users (``cf``), co-occurrence
+    within orders (``basket``), TF-IDF neighbours of the item texts (``content``) and, when its
+    weight is positive, ALS.
+``prior(s, i)``
+    ``w_segment * segment + w_trend * trend``: the segment's time-decayed popularity and the
+    global popularity over the last days (``trend_half_life``), each scaled to a maximum of 1.
+``score``
+    ``own + shrink / (n_u + shrink) * prior``: the less history, the more the segment decides
+    (``shrink = 0`` adds the prior at full weight for everyone). Then segment-conditioned
+    re-ranking multiplies by ``lift ** gamma``, where ``lift`` is how much more the segment buys the
+    item than everyone does (smoothed, clipped to [1/4, 4]).
+
+Users the model has never seen, or with no history, get the prior alone: their (provisional)
+segment's popularity and the trend. Every weight is tuned on a validation window before the
+evaluation split (:mod:`automation.recommend.evaluate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from automation.errors import ValidationError
+from automation.recommend.als import ALSRecommender
+from automation.recommend.base import Recommender
+from automation.recommend.content import item_texts
+from automation.recommend.context import NO_SEGMENT, csr_arrays, csr_from, distinct_user_popularity
+from automation.recommend.data import FloatArray, IntArray, Interactions
+from automation.recommend.knn import anchor_reasons
+from automation.recommend.similarity import (
+    cooccurrence_similarity,
+    row_max_normalise,
+    text_similarity,
+)
+
+COMPONENTS = ("repeat", "cf", "basket", "content", "als", "segment", "trend")
+LIFT_CLIP = 4.0
+
+
+class HybridRecommender(Recommender):
+    """Segment-aware hybrid (see the module docstring for the formula and every parameter)."""
+
+    name = "hybrid"
+    context_defaults = {**Recommender.context_defaults, "half_life": 90.0}
+    defaults = {
+        "w_repeat": 0.5,
+        "w_cf": 1.0,
+        "w_basket": 0.25,
+        "w_content": 0.5,
+        "w_als": 0.0,
+        "w_segment": 0.25,
+        "w_trend": 0.25,
+        "shrink": 10.0,
+        "gamma": 0.25,
+        "cf_k": 200,
+        "basket_k": 100,
+        "content_k": 50,
+        "trend_half_life": 14.0,
+        "als_factors": 32,
+        "als_regularization": 0.05,
+        "als_alpha": 10.0,
+        "num_threads": 1,
+    }
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        p = self.params
+        for c in COMPONENTS:
+            if float(p[f"w_{c}"]) < 0:
+                raise ValidationError(f"w_{c}={p[f'w_{c}']} should be >= 0")
+        for key in ("shrink", "gamma"):
+            if float(p[key]) < 0:
+                raise ValidationError(f"{key}={p[key]} should be >= 0")
+        for key in ("cf_k", "basket_k", "content_k", "als_factors", "num_threads"):
+            if int(p[key]) < 1:
+                raise ValidationError(f"{key}={p[key]} should be >= 1")
+        if float(p["trend_half_life"]) <= 0:
+            raise ValidationError(f"trend_half_life={p['trend_half_life']} should be > 0")
+
+    # ------------------------------------------------------------------ fitting
+    def _fit(self, interactions: Interactions) -> None:
+        p = self.params
+        ctx = self.context
+        empty = sp.csr_matrix((ctx.n_items, ctx.n_items))
+        self.cf_ = (
+            cooccurrence_similarity(interactions.weighted(p["weights"]), "cosine", int(p["cf_k"]))
+            if p["w_cf"] > 0
+            else empty
+        )
+        self.basket_ = (
+            cooccurrence_similarity(interactions.baskets(), "cosine", int(p["basket_k"]))
+            if p["w_basket"] > 0 and (interactions.order >= 0).any()
+            else empty
+        )
+        self.content_ = (
+            text_similarity(item_texts(ctx.catalogue), int(p["content_k"]))
+            if p["w_content"] > 0
+            else empty
+        )
+        self.trend_ = distinct_user_popularity(interactions, float(p["trend_half_life"]))
+        self.lift_ = self._lift()
+        self.als_: ALSRecommender | None = None
+        self._memo: dict[bytes, dict[str, FloatArray]] | None = None
+        if p["w_als"] > 0:
+            self.als_ = self._als_model()
+            self.als_.context_ = ctx
+            self.als_._fit(interactions)
+
+    def _als_model(self) -> ALSRecommender:
+        p = self.params
+        return ALSRecommender(
+            self.rules,
+            self.random_state,
+            weights=p["weights"],
+            half_life=p["half_life"],
+            factors=int(p["als_factors"]),
+            regularization=float(p["als_regularization"]),
+            alpha=float(p["als_alpha"]),
+            num_threads=int(p["num_threads"]),
+        )
+
+    def _lift(self) -> FloatArray:
+        ctx = self.context
+        counts = ctx.segment_counts
+        if not len(counts):
+            return np.ones((0, ctx.n_items))
+        prior = 1.0
+        seg_share = (counts + prior) / (counts.sum(axis=1, keepdims=True) + prior * ctx.n_items)
+        total = counts.sum(axis=0)
+        all_share = (total + prior) / (total.sum() + prior * ctx.n_items)
+        return np.clip(seg_share / all_share[None, :], 1.0 / LIFT_CLIP, LIFT_CLIP)
+
+    # ------------------------------------------------------------------ scoring
+    @contextmanager
+    def memoize(self) -> Iterator[None]:
+        """Within the block, components are computed once per batch of users (for tuning the
+        weights on the same users many times; the weights may change in between)."""
+        self._memo = {}
+        try:
+            yield
+        finally:
+            self._memo = None
+
+    def components(self, rows: IntArray, segments: IntArray) -> dict[str, FloatArray]:
+        """Each fitted component's scores (rows x items), each row scaled to a maximum of 1."""
+        memo = getattr(self, "_memo", None)
+        key = rows.tobytes() + b"|" + segments.tobytes()
+        if memo is not None and key in memo:
+            return memo[key]
+        ctx = self.context
+        prof = ctx.profile_rows(rows)
+        out: dict[str, FloatArray] = {"repeat": row_max_normalise(prof.toarray())}
+        for c, S in (("cf", self.cf_), ("basket", self.basket_), ("content", self.content_)):
+            if S.nnz:
+                out[c] = row_max_normalise(np.asarray((prof @ S).todense()))
+        if self.als_ is not None:
+            out["als"] = row_max_normalise(np.maximum(self.als_._scores(rows, segments), 0.0))
+        if len(ctx.segment_ids):
+            seg = np.zeros((len(rows), ctx.n_items))
+            for k, s in enumerate(segments.tolist()):
+                if s != NO_SEGMENT:
+                    v = ctx.segment_popularity[s]
+                    seg[k] = v / max(float(v.max(initial=0.0)), 1e-12)
+            out["segment"] = seg
+        t = self.trend_ / max(float(self.trend_.max(initial=0.0)), 1e-12)
+        out["trend"] = np.tile(t, (len(rows), 1))
+        if memo is not None:
+            memo[key] = out
+        return out
+
+    def _history(self, rows: IntArray) -> FloatArray:
+        prof = self.context.profile_rows(rows)
+        return np.diff(prof.indptr).astype(np.float64)
+
+    def _blend(
+        self,
+        rows: IntArray,
+        segments: IntArray,
+        comps: dict[str, FloatArray],
+        keep_parts: bool = False,
+    ) -> tuple[FloatArray, dict[str, FloatArray]]:
+        """The weighted sum (re-ranked by segment lift) and, if asked, each weighted part."""
+        p = self.params
+        shrink = float(p["shrink"])
+        n_u = self._history(rows)
+        h = shrink / (n_u + shrink) if shrink > 0 else np.ones(len(rows))
+        h = np.where(n_u > 0, h, 1.0)[:, None]
+        parts: dict[str, FloatArray] = {}
+        total = np.zeros((len(rows), self.context.n_items))
+        for c, M in comps.items():
+            w = float(p[f"w_{c}"])
+            if w <= 0:
+                continue
+            part = M * (w * h) if c in ("segment", "trend") else M * w
+            total += part
+            if keep_parts:
+                parts[c] = part
+        gamma = float(p["gamma"])
+        if gamma > 0 and len(self.lift_):
+            for s in np.unique(segments[segments != NO_SEGMENT]).tolist():
+                mask = segments == s
+                total[mask] *= self.lift_[s] ** gamma
+        return total, parts
+
+    def _scores(self, rows: IntArray, segments: IntArray) -> FloatArray:
+        total, _ = self._blend(rows, segments, self.components(rows, segments))
+        known = (rows >= 0) & (self._history(rows) > 0)
+        total[~known] = 0.0  # no history: the base class's prior (segment, else global)
+        return total
+
+    def prior_scores(self, segments: IntArray) -> FloatArray:
+        """Cold start: the segment's popularity and the trend, weighted as tuned."""
+        rows = np.full(len(segments), -1, dtype=np.int64)
+        comps = {
+            c: M for c, M in self.components(rows, segments).items() if c in ("segment", "trend")
+        }
+        if not comps:
+            return super().prior_scores(segments)
+        total, _ = self._blend(rows, segments, comps)
+        empty = ~(total > 0).any(axis=1)
+        if empty.any():
+            total[empty] = super().prior_scores(segments[empty])
+        return total
+
+    # ------------------------------------------------------------------ explaining
+    def _reasons(self, rows: IntArray, segments: IntArray, items: IntArray) -> list[list[str]]:
+        ctx = self.context
+        _, parts = self._blend(rows, segments, self.components(rows, segments), keep_parts=True)
+        prof = ctx.profile_rows(rows)
+        names = ctx.catalogue.names
+        anchors = {
+            "cf": anchor_reasons(prof, self.cf_, items, names, "bought with {anchor}"),
+            "basket": anchor_reasons(
+                prof, self.basket_, items, names, "often in the same basket as {anchor}"
+            ),
+            "content": anchor_reasons(prof, self.content_, items, names, "similar to {anchor}"),
+        }
+        trend_days = float(self.params["trend_half_life"])
+        out: list[list[str]] = []
+        for k, s in enumerate(segments.tolist()):
+            seg_name = str(ctx.segment_names[s]) if s != NO_SEGMENT else None
+            row: list[str] = []
+            for pos, i in enumerate(items[k].tolist()):
+                if i < 0:
+                    row.append("")
+                    continue
+                best = max(parts, key=lambda c: (parts[c][k, i], c)) if parts else "trend"
+                if best in anchors:
+                    why = anchors[best][k][pos]
+                elif best == "repeat":
+                    why = "bought before: time to buy again"
+                elif best == "als":
+                    why = "matches your taste"
+                elif best == "segment" and seg_name:
+                    why = f"popular in segment {seg_name}"
+                else:
+                    why = f"trending over the last {trend_days:g} days"
+                if seg_name and len(self.lift_) and self.lift_[s, i] >= 1.5 and best != "segment":
+                    why += f"; favoured by {seg_name}"
+                row.append(why)
+            out.append(row)
+        return out
+
+    def _item_similarity(self, item: int) -> FloatArray:
+        p = self.params
+        out = np.zeros(self.context.n_items)
+        for w, S in ((p["w_cf"], self.cf_), (p["w_basket"], self.basket_)):
+            if w > 0:
+                out += float(w) * np.asarray(S[item].todense()).ravel()
+        if p["w_content"] > 0:
+            out += float(p["w_content"]) * np.asarray(self.content_[item].todense()).ravel()
+        return out
+
+    # ------------------------------------------------------------------ updates, persistence
+    def _refresh_users(self, rows: IntArray) -> None:
+        self._memo = None if self._memo is None else {}
+        if self.als_ is not None:
+            self.als_.context_ = self.context
+            self.als_._refresh_users(rows)
+
+    def _state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"trend": self.trend_, "lift": self.lift_}
+        for name in ("cf", "basket", "content"):
+            out.update(csr_arrays(name, getattr(self, f"{name}_")))
+        if self.als_ is not None:
+            out["als_user_factors"] = self.als_.user_factors_
+            out["als_item_factors"] = self.als_.item_factors_
+        return out
+
+    def _set_state(self, z: Mapping[str, Any]) -> None:
+        self.trend_ = z["trend"].astype(np.float64)
+        self.lift_ = z["lift"].astype(np.float64)
+        self.cf_ = csr_from(z, "cf")
+        self.basket_ = csr_from(z, "basket")
+        self.content_ = csr_from(z, "content")
+        self.als_ = None
+        self._memo = None
+        if "als_user_factors" in z:
+            self.als_ = self._als_model()
+            self.als_.context_ = self.context
+            self.als_._set_state(
+                {"user_factors": z["als_user_factors"], "item_factors": z["als_item_factors"]}
+            )

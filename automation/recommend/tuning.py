@@ -1,0 +1,187 @@
+"""Tuning every model on a validation window (never on the test window).
+
+Each model's parameter grid is fitted on the events before the validation split and scored on
+the purchases in the validation window, under each protocol; the objective is the mean of NDCG@K
+over all users and over cold users (the same objective for every model). The hybrid's blend
+weights are tuned by coordinate ascent on one fit (its components computed once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from automation.recommend.base import Recommender, Rules
+from automation.recommend.hybrid import HybridRecommender
+from automation.recommend.metrics import ranking_metrics
+from automation.recommend.registry import make_recommender
+from automation.recommend.splits import PROTOCOLS, ProtocolData, SplitData
+
+Progress = Callable[[str], None]
+
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "popularity": [{"popularity_half_life": v} for v in (7.0, 14.0, 30.0, 90.0, None)],
+    "segment-popularity": [
+        {"popularity_half_life": hl, "global_weight": g}
+        for hl in (14.0, 30.0, 90.0, None)
+        for g in (0.0, 0.5)
+    ],
+    "item-knn": [
+        {"similarity": s, "k": k, "half_life": hl}
+        for s in ("cosine", "bm25")
+        for k in (50, 200)
+        for hl in (None, 90.0)
+    ],
+    "als": [
+        {"factors": f, "regularization": r, "alpha": a}
+        for f in (32, 64, 128)
+        for r in (0.01, 0.1)
+        for a in (5.0, 20.0)
+    ],
+    "content": [{"k": k, "half_life": hl} for k in (20, 50) for hl in (None, 90.0)],
+    "hybrid": [{"half_life": hl, "als_factors": f} for hl in (None, 90.0) for f in (32, 128)],
+}
+HYBRID_STEPS: dict[str, tuple[float, ...]] = {
+    "w_repeat": (0.0, 0.25, 0.5, 1.0, 2.0),
+    "w_basket": (0.0, 0.1, 0.25, 0.5, 1.0),
+    "w_content": (0.0, 0.1, 0.25, 0.5, 1.0),
+    "w_als": (0.0, 0.1, 0.25, 0.5, 1.0),
+    "w_segment": (0.0, 0.1, 0.25, 0.5, 1.0),
+    "w_trend": (0.0, 0.1, 0.25, 0.5, 1.0),
+    "shrink": (0.0, 2.0, 5.0, 10.0, 20.0, 50.0),
+    "gamma": (0.0, 0.25, 0.5, 1.0),
+}
+HYBRID_PASSES = 2
+
+
+@dataclass
+class Tuned:
+    """The chosen parameters of one model under one protocol, and their validation score."""
+
+    model: str
+    protocol: str
+    params: dict[str, Any]
+    objective: float
+    tried: int
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+
+def objective(model: Recommender, data: ProtocolData, protocol: str, k: int) -> float:
+    """Mean of NDCG@k over all users and over cold users (all users' if none is cold)."""
+    if not len(data.rows):
+        return 0.0
+    recs, _ = model.recommend_indices(data.rows, k, filter_seen=protocol == "new-items")
+    scores = ranking_metrics(recs, data.truth, k)
+    every = float(scores.ndcg.mean())
+    cold = float(scores.ndcg[data.cold].mean()) if data.cold.any() else every
+    return (every + cold) / 2.0
+
+
+def tune(
+    name: str,
+    val: SplitData,
+    k: int,
+    rules: Rules,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Tuned]:
+    """The best parameters of ``name`` under each protocol on the validation split."""
+    say = progress or (lambda _m: None)
+    if name == "hybrid":
+        return _tune_hybrid(val, k, rules, seed, say)
+    best: dict[str, Tuned] = {}
+    for params in GRIDS.get(name, [{}]):
+        model = make_recommender(name, rules, seed, **params).fit(val.train)
+        for proto in PROTOCOLS:
+            score = objective(model, val.protocol(proto), proto, k)
+            say(f"tune {name} {proto} {params}: {score:.4f}")
+            _keep(best, Tuned(name, proto, dict(params), score, 1))
+    return best
+
+
+def _keep(best: dict[str, Tuned], t: Tuned) -> bool:
+    """Record ``t`` in ``best`` (per protocol); True when it is the new best."""
+    row = {"params": t.params, "objective": round(t.objective, 6)}
+    prev = best.get(t.protocol)
+    if prev is None:
+        best[t.protocol] = Tuned(t.model, t.protocol, t.params, t.objective, t.tried, [row])
+        return True
+    prev.table.append(row)
+    prev.tried += t.tried
+    if t.objective > prev.objective + 1e-12:
+        prev.params, prev.objective = dict(t.params), t.objective
+        return True
+    return False
+
+
+def _tune_hybrid(
+    val: SplitData, k: int, rules: Rules, seed: int, say: Progress
+) -> dict[str, Tuned]:
+    """Weights by coordinate ascent on the first structure (profile decay, ALS size); the other
+    structures are scored with those weights; one more ascent pass on the best structure."""
+    best: dict[str, Tuned] = {}
+    leader: dict[str, HybridRecommender] = {}
+    weights: dict[str, dict[str, Any]] = {}
+    for params in GRIDS["hybrid"]:
+        fit_params = {**params, "w_als": 0.1}
+        model = make_recommender("hybrid", rules, seed, **fit_params).fit(val.train)
+        assert isinstance(model, HybridRecommender)
+        for proto in PROTOCOLS:
+            data = val.protocol(proto)
+            if proto not in weights:
+                chosen, score, tried = _ascend(model, data, proto, k, params, HYBRID_PASSES)
+            else:
+                chosen, score, tried = _ascend(model, data, proto, k, params, 0, weights[proto])
+            say(f"tune hybrid {proto} {chosen}: {score:.4f}")
+            weights.setdefault(proto, {key: chosen[key] for key in HYBRID_STEPS})
+            if _keep(best, Tuned("hybrid", proto, chosen, score, tried)):
+                leader[proto] = model
+    for proto in PROTOCOLS:
+        t = best[proto]
+        structure = {key: v for key, v in t.params.items() if key not in HYBRID_STEPS}
+        start = {key: t.params[key] for key in HYBRID_STEPS}
+        chosen, score, tried = _ascend(
+            leader[proto], val.protocol(proto), proto, k, structure, 1, start
+        )
+        say(f"tune hybrid {proto} {chosen}: {score:.4f}")
+        _keep(best, Tuned("hybrid", proto, chosen, score, tried))
+    return best
+
+
+def _ascend(
+    model: HybridRecommender,
+    data: ProtocolData,
+    protocol: str,
+    k: int,
+    fixed: dict[str, Any],
+    passes: int,
+    start: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], float, int]:
+    """Coordinate ascent over the hybrid's blend weights, shrink and gamma (w_cf fixed at 1)."""
+    saved = dict(model.params)
+    current = dict(start) if start is not None else {key: saved[key] for key in HYBRID_STEPS}
+    tried = 1
+    with model.memoize():
+        model.params.update(current)
+        best = objective(model, data, protocol, k)
+        for _ in range(passes):
+            improved = False
+            for key, values in HYBRID_STEPS.items():
+                for v in values:
+                    if v == current[key]:
+                        continue
+                    model.params.update({**current, key: v})
+                    score = objective(model, data, protocol, k)
+                    tried += 1
+                    if score > best + 1e-9:
+                        best, current, improved = score, {**current, key: v}, True
+                model.params.update(current)
+            if not improved:
+                break
+    model.params.clear()
+    model.params.update(saved)
+    chosen = {**fixed, **{key: float(v) for key, v in current.items()}}
+    return chosen, float(np.round(best, 12)), tried
