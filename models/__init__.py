@@ -17,7 +17,7 @@ from models.dynamics import (
 )
 from models.events import Event, IngestBatch, Quarantine
 from models.segments import Membership, Segment, Segmentation
-from models.users import Item, User, UserItem, UserOrder, UserStats
+from models.users import Item, User, UserCategory, UserItem, UserOrder, UserStats
 
 __all__ = [
     "Base",
@@ -37,6 +37,7 @@ __all__ = [
     "Segment",
     "Segmentation",
     "User",
+    "UserCategory",
     "UserItem",
     "UserOrder",
     "UserStats",

@@ -2,8 +2,9 @@
 
 The aggregates make features cost O(users) instead of O(events): ``user_stats`` holds one row per
 user (counters and sums), ``user_orders`` one row per (user, order) so that order counts stay exact
-across batches, and ``user_items`` one row per (user, item) (distinct items, category affinity and,
-later, the recommenders' interaction matrix).
+across batches, ``user_items`` one row per (user, item) bought or refunded (distinct items, the
+taste factorisation), and ``user_categories`` one row per (user, category) with views, carts and
+purchases (the category affinity).
 """
 
 from __future__ import annotations
@@ -74,16 +75,26 @@ class UserOrder(Base):
 
 
 class UserItem(Base):
-    """One row per (user, item): interaction counts by type, quantities and spend."""
+    """One row per (user, item) bought or refunded: lines, quantities and spend."""
 
     __tablename__ = "user_items"
 
     user_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     item_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    n_views: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    n_carts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     n_purchases: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     n_refunds: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     quantity: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     revenue: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     last_ts: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class UserCategory(Base):
+    """One row per (user, category): views, carts and purchases, for the category affinity."""
+
+    __tablename__ = "user_categories"
+
+    user_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    category: Mapped[str] = mapped_column(String(200), primary_key=True)
+    n_views: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    n_carts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    n_purchases: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -64,29 +64,33 @@ class AffinityModel:
 
 
 def _category_weights(
-    conn: Connection, items_src: str, params: dict[str, object] | None, only: str
+    conn: Connection, cats_src: str, params: dict[str, object] | None, only: str
 ) -> pd.DataFrame:
+    """Interaction weight per (user, category): views 1, carts 2, purchases 4."""
     return read_frame(
         conn,
-        f"""SELECT ui.user_key, it.category,
-                   SUM(ui.n_views + 2 * ui.n_carts + 4 * ui.n_purchases) AS w
-            FROM {items_src} ui JOIN items it ON it.id = ui.item_key
-            WHERE it.category IS NOT NULL{only} GROUP BY ui.user_key, it.category""",
+        f"""SELECT user_key, category, n_views + 2 * n_carts + 4 * n_purchases AS w
+            FROM {cats_src} uc WHERE TRUE{only}""",
         params,
     )
 
 
 def _category_frame(w: pd.DataFrame, categories: list[str], users: pd.Index) -> pd.DataFrame:
+    """Shares of each user's weight in each top category and in the rest (integer pivot)."""
     cols = [f"aff_{slug(c)}" for c in categories] + ["aff_other"]
     if w.empty:
         return pd.DataFrame(0.0, index=users, columns=cols)
-    w = w.assign(
-        col=np.where(w["category"].isin(categories), "aff_" + w["category"].map(slug), "aff_other")
-    )
-    wide = w.pivot_table(index="user_key", columns="col", values="w", aggfunc="sum")
-    wide = wide.reindex(index=users, columns=cols).fillna(0.0)
-    total = wide.sum(axis=1)
-    return wide.div(total.where(total > 0), axis=0).fillna(0.0)
+    col = pd.Index(categories).get_indexer(pd.Index(w["category"].astype(str)))
+    col = np.where(col >= 0, col, len(categories))
+    row = users.get_indexer(pd.Index(w["user_key"]))
+    keep = row >= 0
+    flat = row[keep] * len(cols) + col[keep]
+    mat = np.bincount(
+        flat, weights=w["w"].to_numpy(dtype="float64")[keep], minlength=len(users) * len(cols)
+    ).reshape(len(users), len(cols))
+    total = mat.sum(axis=1, keepdims=True)
+    shares = np.divide(mat, total, out=np.zeros_like(mat), where=total > 0)
+    return pd.DataFrame(shares, index=users, columns=cols)
 
 
 def _purchases(
@@ -126,11 +130,12 @@ def fit_affinity(
     params: dict[str, object] | None,
     users: pd.Index,
     random_state: int,
+    cats_src: str = "user_categories",
 ) -> tuple[pd.DataFrame | None, AffinityModel]:
     """Affinity columns for every user in ``users`` and the model that makes them."""
-    has_cat = conn.execute(text("SELECT 1 FROM items WHERE category IS NOT NULL LIMIT 1")).scalar()
+    has_cat = conn.execute(text("SELECT 1 FROM user_categories LIMIT 1")).scalar()
     if has_cat:
-        w = _category_weights(conn, items_src, params, "")
+        w = _category_weights(conn, cats_src, params, "")
         if w.empty:
             return None, AffinityModel()
         top = [str(c) for c in w.groupby("category")["w"].sum().nlargest(TOP_CATEGORIES).index]
@@ -158,7 +163,7 @@ def apply_affinity(
 ) -> pd.DataFrame | None:
     """The same columns for ``users`` (``only`` restricts the query to them), from the model."""
     if model.kind == "category":
-        w = _category_weights(conn, "user_items", None, only)
+        w = _category_weights(conn, "user_categories", None, only)
         return _category_frame(w, model.categories, users)
     if model.kind == "taste":
         ui = _purchases(conn, "user_items", None, only)

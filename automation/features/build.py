@@ -34,7 +34,12 @@ from sqlalchemy import Connection, text
 
 from automation.errors import EmptyStoreError
 from automation.features.affinity import AffinityModel, apply_affinity, fit_affinity
-from automation.features.aggregates import items_select, orders_select, stats_select
+from automation.features.aggregates import (
+    categories_select,
+    items_select,
+    orders_select,
+    stats_select,
+)
 from automation.store.bulk import SQLITE_TS, create_temp_like, read_frame, write_frame
 
 TREND_WINDOW = timedelta(days=90)
@@ -116,11 +121,13 @@ def build_features(
     params = {"as_of": ts_param(conn, at)}
     if at >= latest and not from_events:
         stats_src, orders_src, items_src = "user_stats", "user_orders", "user_items"
+        cats_src = "user_categories"
     else:
         past = "(SELECT * FROM events WHERE ts <= :as_of) e"
         stats_src = f"({stats_select(past)})"
         orders_src = f"({orders_select(past)})"
         items_src = f"({items_select(past)})"
+        cats_src = f"({categories_select(past)})"
     only = restrict_users(conn, user_keys)
     stats = read_frame(
         conn,
@@ -151,11 +158,13 @@ def build_features(
     frame = _compose(stats, orders, items, at)
     if affinity_model is not None:
         model = affinity_model
-        affinity = apply_affinity(conn, model, frame.index, only.replace("user_key", "ui.user_key"))
+        affinity = apply_affinity(conn, model, frame.index, only)
     elif user_keys:
         model, affinity = AffinityModel(), None  # a lookup: no population-wide model
     else:
-        affinity, model = fit_affinity(conn, items_src, item_params, frame.index, random_state)
+        affinity, model = fit_affinity(
+            conn, items_src, item_params, frame.index, random_state, cats_src
+        )
     if affinity is not None:
         frame = frame.join(affinity).fillna({c: 0.0 for c in affinity.columns})
     ext = stats.set_index("user_key")["external_id"].astype("str").reindex(frame.index)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, text
 
-from automation.features.aggregates import fold_into_aggregates
+from automation.features.aggregates import aggregate_upserts, fold_into_aggregates
 from automation.store.bulk import create_temp_like, ids_to_hex, read_frame, write_frame
 
 # Fixed 16-byte keys for pandas' SipHash row hashing: derived ids are stable across runs.
@@ -202,31 +202,41 @@ def load_batch(
     }
     create_temp_like(conn, "_stage_events", _STAGE_SQL[conn.dialect.name])
     write_frame(conn, "_stage_events", stage)
-    dup_stored = conn.execute(
-        text(
-            "DELETE FROM _stage_events WHERE EXISTS "
-            "(SELECT 1 FROM events e WHERE e.event_id = _stage_events.event_id)"
-        )
-    ).rowcount
     cols = ", ".join(EVENT_COLUMNS)
-    inserted = conn.execute(
-        text(
-            f"INSERT INTO events ({cols}) SELECT {cols} FROM _stage_events "
-            "WHERE TRUE ON CONFLICT (event_id) DO NOTHING"
+    if conn.dialect.name == "postgresql":
+        # One statement: insert the new events, and fold exactly those (RETURNING) into the
+        # aggregates as data-modifying CTEs. Each event is written once and probed once.
+        upserts = ",\n".join(
+            f"agg_{i} AS ({stmt})" for i, stmt in enumerate(aggregate_upserts("ins"))
         )
-    ).rowcount
-    staged = len(acc) - dup_stored
-    if inserted != staged:
-        raise RuntimeError(f"concurrent writer: staged {staged} events, inserted {inserted}")
-    fold_into_aggregates(conn, "_stage_events")
-    conn.execute(
-        text(
-            "INSERT INTO batch_users (batch_id, user_key, n_events) "
-            "SELECT batch_id, user_key, COUNT(*) FROM _stage_events GROUP BY batch_id, user_key "
-            "ON CONFLICT (batch_id, user_key) DO UPDATE SET "
-            "n_events = batch_users.n_events + excluded.n_events"
+        inserted = int(
+            conn.execute(
+                text(
+                    f"WITH ins AS (INSERT INTO events ({cols}) SELECT {cols} FROM _stage_events "
+                    f"ON CONFLICT (event_id) DO NOTHING RETURNING {cols}),\n{upserts}\n"
+                    "SELECT COUNT(*) FROM ins"
+                )
+            ).scalar_one()
         )
-    )
+        dup_stored = len(acc) - inserted
+    else:
+        dup_stored = conn.execute(
+            text(
+                "DELETE FROM _stage_events WHERE EXISTS "
+                "(SELECT 1 FROM events e WHERE e.event_id = _stage_events.event_id)"
+            )
+        ).rowcount
+        inserted = conn.execute(
+            text(
+                f"INSERT INTO events ({cols}) SELECT {cols} FROM _stage_events "
+                "WHERE TRUE ON CONFLICT (event_id) DO NOTHING"
+            )
+        ).rowcount
+        if inserted != len(acc) - dup_stored:
+            raise RuntimeError(
+                f"concurrent writer: staged {len(acc) - dup_stored} events, inserted {inserted}"
+            )
+        fold_into_aggregates(conn, "_stage_events")
     return Loaded(inserted, int(dup_in_batch.sum()) + dup_stored)
 
 

@@ -148,11 +148,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_segmentations")),
     )
     op.create_table(
+        "user_categories",
+        sa.Column("user_key", sa.BigInteger(), nullable=False),
+        sa.Column("category", sa.String(length=200), nullable=False),
+        sa.Column("n_views", sa.Integer(), nullable=False),
+        sa.Column("n_carts", sa.Integer(), nullable=False),
+        sa.Column("n_purchases", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("user_key", "category", name=op.f("pk_user_categories")),
+    )
+    op.create_table(
         "user_items",
         sa.Column("user_key", sa.BigInteger(), nullable=False),
         sa.Column("item_key", sa.BigInteger(), nullable=False),
-        sa.Column("n_views", sa.Integer(), nullable=False),
-        sa.Column("n_carts", sa.Integer(), nullable=False),
         sa.Column("n_purchases", sa.Integer(), nullable=False),
         sa.Column("n_refunds", sa.Integer(), nullable=False),
         sa.Column("quantity", sa.Float(), nullable=False),
@@ -253,6 +260,7 @@ def downgrade() -> None:
     op.drop_table("user_stats")
     op.drop_table("user_orders")
     op.drop_table("user_items")
+    op.drop_table("user_categories")
     op.drop_table("segmentations")
     with op.batch_alter_table("quarantine", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_quarantine_reason"))
