@@ -114,11 +114,14 @@ def run_segmentation(
         labels,
         model.cluster_centers_,
         scaler.features_,
-        raw,
+        None,
         random_state=seed,
         stability_ari=stab,
     )
-    profiles = segment_profiles(raw, labels)
+    profiles = segment_profiles(raw, labels)  # medians once, for the report and the names
+    for label, entry in report["segments"].items():
+        if label in profiles.index:
+            entry["profile"] = clean({str(k): float(v) for k, v in profiles.loc[label].items()})
     outlier_share = pd.Series(model.outliers_).groupby(labels).mean().to_dict()
     rule_names = name_segments(profiles, raw, outlier_share=outlier_share)
     timings["quality"] = time.perf_counter() - t3
