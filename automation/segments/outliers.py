@@ -50,6 +50,9 @@ class OutlierModel:
         return self.score(X) > self.threshold
 
 
+ROBUST_SAMPLE = 100_000
+
+
 def absolute_floor(n_features: int) -> float:
     """Chi-square(``n_features``) quantile at about ``_FLOOR_Z`` sigma (Wilson-Hilferty)."""
     d = float(n_features)
@@ -77,8 +80,12 @@ def fit_outlier_model(X: FloatArray, quantile: float) -> OutlierModel:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] == 0:
         raise ValidationError(f"X.shape={X.shape} should be a non-empty 2-D array")
-    center = np.median(X, axis=0)
-    scale = _robust_scale(X, center)
+    # Location and scale from an evenly spaced subset on large data (medians and quantiles are
+    # the cost); the threshold is still taken over every row's score.
+    step = max(1, X.shape[0] // ROBUST_SAMPLE)
+    fit_rows = X[::step] if step > 1 else X
+    center = np.median(fit_rows, axis=0)
+    scale = _robust_scale(fit_rows, center)
     model = OutlierModel(center=center, scale=scale, threshold=np.inf)
     scores = model.score(X)
     threshold = max(float(np.quantile(scores, quantile)), absolute_floor(X.shape[1]))
