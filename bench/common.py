@@ -208,6 +208,7 @@ class Probe:
         self.stack: list[str] = []
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
+        self.samples: dict[str, list[float]] = {}
         self._patched: list[tuple[Any, str, Any]] = []
         self._sql_listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self.active = False
@@ -215,6 +216,7 @@ class Probe:
     def _add(self, key: str, dt: float) -> None:
         self.seconds[key] = self.seconds.get(key, 0.0) + dt
         self.calls[key] = self.calls.get(key, 0) + 1
+        self.samples.setdefault(key, []).append(dt)
 
     def _enter(self, label: str) -> tuple[str, float]:
         self.stack.append(label)
@@ -319,7 +321,18 @@ class Probe:
     def reset(self) -> None:
         self.seconds.clear()
         self.calls.clear()
+        self.samples.clear()
         self.stack.clear()
+
+    def _trend(self, key: str) -> dict[str, float]:
+        """Mean seconds per call over the first and the last quarter of the calls (the final
+        call left out: the last block of a file is usually a short remainder)."""
+        xs = self.samples.get(key, [])
+        if len(xs) < 8:
+            return {}
+        q = len(xs) // 4
+        late = xs[-q - 1 : -1]
+        return {"early_mean": sum(xs[:q]) / q, "late_mean": sum(late) / len(late)}
 
     def rows(self, min_seconds: float = 0.0) -> list[dict[str, Any]]:
         """Breakdown rows in call-path order (parents before their children), with self time
@@ -343,12 +356,15 @@ class Probe:
                 "seconds": round(self.seconds[k], 4),
                 "self": round(self.seconds[k] - child_sum.get(k, 0.0), 4),
                 "calls": self.calls[k],
+                **self._trend(k),
             }
             for k in keys
         ]
 
 
 def print_breakdown(title: str, rows: list[dict[str, Any]], total: float, out: Any = None) -> None:
+    """The probe's rows as an indented table; early/late: mean seconds per call over the first
+    and the last quarter of the calls (8 calls or more; the final call left out)."""
     out = out or sys.stdout
     print(f"\n{title}", file=out)
     table = []
@@ -356,10 +372,24 @@ def print_breakdown(title: str, rows: list[dict[str, Any]], total: float, out: A
         depth = r["path"].count(" > ")
         leaf = r["path"].split(" > ")[-1]
         share = f"{100 * r['seconds'] / total:5.1f}%" if total > 0 else ""
+        first = f"{r['early_mean']:.3f}" if "early_mean" in r else ""
+        last = f"{r['late_mean']:.3f}" if "late_mean" in r else ""
         table.append(
-            ["  " * depth + leaf, f"{r['seconds']:.3f}", share, f"{r['self']:.3f}", str(r["calls"])]
+            [
+                "  " * depth + leaf,
+                f"{r['seconds']:.3f}",
+                share,
+                f"{r['self']:.3f}",
+                str(r["calls"]),
+                first,
+                last,
+            ]
         )
-    print_table(["call path", "inclusive s", "of total", "self s", "calls"], table, out=out)
+    print_table(
+        ["call path", "inclusive s", "of total", "self s", "calls", "early s/call", "late s/call"],
+        table,
+        out=out,
+    )
 
 
 # (module, attribute, label); a class attribute is given as "module:Class.attr".

@@ -208,6 +208,8 @@ def print_report(res: dict[str, Any]) -> None:
         ["comparison", *(f"{r['database']} ratio" for r in runs), "baseline s"],
         [[n, *(common.ratio(f(r), den) for r in runs), den] for n, f, den in comparable],
     )
+    if isinstance(res.get("postgresql"), str):
+        print(f"\nPostgreSQL: {res['postgresql']}")
     print(f"\npeak RSS of the process: {res['peak_rss_mb']:.0f} MiB")
     for r in runs:
         if r.get("ingest_breakdown"):
