@@ -6,9 +6,10 @@ the segment-aware hybrid; business rules; store loading; evaluation on a time sp
 >>> model.fit(interactions).recommend("12347", n=10)  # doctest: +SKIP
 """
 
-from automation.recommend.base import Recommendation, Recommender, Rules
+from automation.recommend.base import Recommender
 from automation.recommend.data import Catalogue, Interactions
 from automation.recommend.registry import MODELS, make_recommender
+from automation.recommend.rules import Recommendation, Rules
 
 __all__ = [
     "MODELS",

@@ -28,8 +28,8 @@ class ALSRecommender(Recommender):
     name = "als"
     defaults = {
         "factors": 64,
-        "regularization": 0.05,
-        "alpha": 10.0,
+        "regularization": 0.1,
+        "alpha": 0.5,
         "iterations": 15,
         "num_threads": 1,
     }

@@ -17,7 +17,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, ClassVar, Self, overload
 
 import numpy as np
@@ -26,62 +26,18 @@ from numpy.typing import NDArray
 from automation.errors import NotFoundError, ValidationError
 from automation.recommend.context import NO_SEGMENT, Context
 from automation.recommend.data import FloatArray, IntArray, Interactions
+from automation.recommend.rules import (
+    Recommendation,
+    Rules,
+    apply_rules,
+    global_ban,
+    recommendations,
+    top_n,
+)
 
 FORMAT = "shoal-recommender/1"
 BATCH_ROWS = 1024
 _CLASSES: dict[str, type[Recommender]] = {}
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """One recommended item, with what a campaign template shows."""
-
-    item_id: str
-    name: str
-    price: float | None
-    score: float
-    reason: str
-    category: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "item_id": self.item_id,
-            "name": self.name,
-            "price": self.price,
-            "score": round(self.score, 6),
-            "reason": self.reason,
-            **({"category": self.category} if self.category else {}),
-        }
-
-
-@dataclass(frozen=True)
-class Rules:
-    """Business rules applied to every list.
-
-    Parameters
-    ----------
-    exclude_non_products : bool
-        Leave out fees, postage and adjustments (``items.is_product`` false).
-    exclude_refunded : bool
-        Leave out items the user has refunded.
-    recent_days : float
-        Leave out items the user bought within this many days (0: off). Matters when
-        ``filter_seen`` is false (replenishment lists).
-    max_per_category : int or None
-        At most this many items of one category per list (items without a category are not
-        capped); ``None``: no cap.
-    """
-
-    exclude_non_products: bool = True
-    exclude_refunded: bool = True
-    recent_days: float = 0.0
-    max_per_category: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.recent_days < 0:
-            raise ValidationError(f"recent_days={self.recent_days} should be >= 0")
-        if self.max_per_category is not None and self.max_per_category < 1:
-            raise ValidationError(f"max_per_category={self.max_per_category} should be >= 1")
 
 
 class Recommender(ABC):
@@ -168,6 +124,7 @@ class Recommender(ABC):
 
     @property
     def context(self) -> Context:
+        """The fitted context (raises when the model is not fitted)."""
         if self.context_ is None:
             raise ValidationError(f"{self.name} recommender is not fitted: call fit() first")
         return self.context_
@@ -324,94 +281,21 @@ class Recommender(ABC):
         return f"popular in segment {self.context.segment_names[segment]}"
 
     def _global_ban(self, exclude: Sequence[str] | None) -> NDArray[np.bool_]:
-        ctx = self.context
-        banned = np.zeros(ctx.n_items, dtype=bool)
-        if self.rules.exclude_non_products:
-            banned |= ~ctx.catalogue.is_product
-        if exclude:
-            pos = ctx.catalogue.index()
-            hits = [pos[str(e)] for e in exclude if str(e) in pos]
-            banned[hits] = True
-        return banned
+        return global_ban(self.context, self.rules, exclude)
 
     def _apply_rules(
         self, S: FloatArray, rows: IntArray, filter_seen: bool, banned: NDArray[np.bool_]
     ) -> None:
-        ctx = self.context
-        S[:, banned] = -np.inf
-        known = np.flatnonzero(rows >= 0)
-        if not len(known):
-            return
-        r = rows[known]
-        masks = []
-        if filter_seen:
-            masks.append(ctx.seen[r])
-        if self.rules.exclude_refunded:
-            masks.append(ctx.refunded[r])
-        if self.rules.recent_days > 0:
-            recent = ctx.last_age[r].copy()
-            recent.data = (recent.data <= self.rules.recent_days + 1.0).astype(np.float64)
-            masks.append(recent)
-        for m in masks:
-            m = m.tocoo()
-            hit = m.data > 0
-            S[known[m.row[hit]], m.col[hit]] = -np.inf
+        apply_rules(S, self.context, self.rules, rows, filter_seen, banned)
 
     def _top(self, S: FloatArray, n: int) -> tuple[IntArray, FloatArray]:
-        ctx = self.context
-        cap = self.rules.max_per_category
-        capped = cap is not None and bool((ctx.catalogue.categories != "").any())
-        m = min(S.shape[1], n * 5 if capped else n)
-        out_i = np.full((S.shape[0], n), -1, dtype=np.int64)
-        out_s = np.zeros((S.shape[0], n), dtype=np.float64)
-        if m == 0:
-            return out_i, out_s
-        part = np.argpartition(-S, m - 1, axis=1)[:, :m] if m < S.shape[1] else None
-        for k in range(S.shape[0]):
-            cand = part[k] if part is not None else np.arange(S.shape[1])
-            vals = S[k, cand]
-            order = cand[np.lexsort((cand, -vals))]
-            order = order[np.isfinite(S[k, order])]
-            if capped:
-                order = self._cap(order, n)
-            chosen = order[:n]
-            out_i[k, : len(chosen)] = chosen
-            out_s[k, : len(chosen)] = S[k, chosen]
-        return out_i, out_s
-
-    def _cap(self, order: IntArray, n: int) -> IntArray:
-        cats = self.context.catalogue.categories
-        cap = int(self.rules.max_per_category or n)
-        taken: dict[str, int] = {}
-        picked: list[int] = []
-        for i in order.tolist():
-            c = str(cats[i])
-            if c and taken.get(c, 0) >= cap:
-                continue
-            taken[c] = taken.get(c, 0) + 1
-            picked.append(i)
-        return np.asarray(picked, dtype=np.int64)
+        return top_n(S, n, self.context.catalogue.categories, self.rules.max_per_category)
 
     def _items(self, idx: IntArray, scores: FloatArray, reasons: list[str]) -> list[Recommendation]:
-        cat = self.context.catalogue
-        out = []
-        for i, s, why in zip(idx.tolist(), scores.tolist(), reasons, strict=True):
-            if i < 0:
-                continue
-            price = float(cat.prices[i])
-            out.append(
-                Recommendation(
-                    item_id=str(cat.item_ids[i]),
-                    name=str(cat.names[i]),
-                    price=None if price != price else round(price, 2),
-                    score=float(s),
-                    reason=why,
-                    category=str(cat.categories[i]) or None,
-                )
-            )
-        return out
+        return recommendations(self.context.catalogue, idx, scores, reasons)
 
     def item_row(self, item_id: str) -> int:
+        """Position of ``item_id`` in the model's catalogue (NotFoundError if unknown)."""
         pos = self.context.catalogue.index().get(str(item_id))
         if pos is None:
             raise NotFoundError(f"no item {item_id!r} in the {self.name} model")

@@ -78,6 +78,7 @@ class Context:
         half_life: float | None,
         popularity_half_life: float | None,
     ) -> Context:
+        """The context of a fresh fit (profiles weighted by type, decayed with ``half_life``)."""
         seg_ids = np.array(sorted({s for s in inter.segments.tolist() if s}), dtype=str)
         if inter.has_segments():
             pos = {s: i for i, s in enumerate(seg_ids.tolist())}
@@ -124,13 +125,16 @@ class Context:
     # ------------------------------------------------------------------ lookups
     @property
     def n_users(self) -> int:
+        """Users known to the model."""
         return len(self.user_ids)
 
     @property
     def n_items(self) -> int:
+        """Items in the catalogue."""
         return len(self.catalogue)
 
     def user_index(self) -> dict[str, int]:
+        """External user id -> row (built once, on first use)."""
         if self._index is None:
             self._index = {u: i for i, u in enumerate(self.user_ids.tolist())}
         return self._index
@@ -141,6 +145,7 @@ class Context:
         return np.array([idx.get(str(u), -1) for u in user_ids], dtype=np.int64)
 
     def segment_code(self, segment_id: str | None) -> int:
+        """Position of a segment id (``NO_SEGMENT`` when unknown or None)."""
         if segment_id is None:
             return NO_SEGMENT
         hits = np.flatnonzero(self.segment_ids == str(segment_id))
@@ -251,6 +256,7 @@ class Context:
 
     # ------------------------------------------------------------------ persistence
     def to_arrays(self) -> dict[str, Any]:
+        """Every array of the context, for ``np.savez``."""
         out: dict[str, Any] = {
             "user_ids": self.user_ids.astype(str),
             "item_ids": self.catalogue.item_ids.astype(str),
@@ -274,6 +280,7 @@ class Context:
 
     @classmethod
     def from_arrays(cls, z: Mapping[str, Any]) -> Context:
+        """The context saved by :meth:`to_arrays`."""
         cat = Catalogue(
             item_ids=z["item_ids"].astype(str),
             names=z["item_names"].astype(str),
@@ -301,6 +308,7 @@ class Context:
 
 
 def csr_arrays(name: str, m: sp.spmatrix) -> dict[str, Any]:
+    """A sparse matrix as named arrays for ``np.savez``."""
     c = sp.csr_matrix(m)
     return {
         f"{name}__data": c.data,
@@ -311,6 +319,7 @@ def csr_arrays(name: str, m: sp.spmatrix) -> dict[str, Any]:
 
 
 def csr_from(z: Mapping[str, Any], name: str) -> sp.csr_matrix:
+    """The sparse matrix saved by :func:`csr_arrays` under ``name``."""
     shape = tuple(int(v) for v in z[f"{name}__shape"])
     return sp.csr_matrix(
         (z[f"{name}__data"], z[f"{name}__indices"], z[f"{name}__indptr"]), shape=shape

@@ -59,6 +59,7 @@ class Catalogue:
         return len(self.item_ids)
 
     def index(self) -> dict[str, int]:
+        """External item id -> position."""
         return {str(v): i for i, v in enumerate(self.item_ids.tolist())}
 
 
@@ -152,17 +153,21 @@ class Interactions:
     # ------------------------------------------------------------------ shapes
     @property
     def n_users(self) -> int:
+        """Distinct users."""
         return len(self.user_ids)
 
     @property
     def n_items(self) -> int:
+        """Items in the catalogue."""
         return len(self.catalogue)
 
     @property
     def n_events(self) -> int:
+        """Events kept."""
         return len(self.user)
 
     def has_segments(self) -> bool:
+        """Whether any user has a segment."""
         return len(self.segments) == self.n_users and bool((self.segments != "").any())
 
     # ------------------------------------------------------------------ matrices

@@ -54,6 +54,7 @@ class EvaluationReport:
     test_split: SplitData | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document ``shoal evaluate --json`` prints."""
         return {
             "split_at": self.split_at.isoformat(),
             "k": self.k,
@@ -75,6 +76,7 @@ class EvaluationReport:
         }
 
     def row(self, model: str, protocol: str, users: str) -> dict[str, Any]:
+        """The result row of one model, protocol and user group."""
         for r in self.results:
             if (r["model"], r["protocol"], r["users"]) == (model, protocol, users):
                 return r
@@ -123,7 +125,7 @@ def evaluate(
             f"the newest event ({last.isoformat()})"
         )
     test_days = (last - at).total_seconds() / 86_400.0
-    days = float(val_days) if val_days is not None else float(np.clip(test_days, 14.0, 90.0))
+    days = float(val_days) if val_days is not None else float(np.clip(np.ceil(test_days), 14, 90))
     if days <= 0:
         raise ValidationError(f"val_days={val_days} should be > 0")
     val_at = at - pd.Timedelta(days=days)
@@ -142,9 +144,13 @@ def evaluate(
     by_segment: list[dict[str, Any]] = []
     tuned_all: list[Tuned] = []
     fitted: dict[str, Recommender] = {}
-    for name in models:
+    als_tuned: dict[str, Tuned] | None = None
+    ordered = sorted(models, key=lambda m: m == "hybrid")  # the hybrid reuses ALS's settings
+    for name in ordered:
         say(f"tuning {name} on the validation window")
-        tuned = tune(name, val, k, rules, seed, say)
+        tuned = tune(name, val, k, rules, seed, say, als_tuned)
+        if name == "als":
+            als_tuned = tuned
         cache: dict[str, Recommender] = {}
         for proto in PROTOCOLS:
             chosen = tuned[proto]

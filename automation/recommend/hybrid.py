@@ -51,24 +51,23 @@ class HybridRecommender(Recommender):
     """Segment-aware hybrid (see the module docstring for the formula and every parameter)."""
 
     name = "hybrid"
-    context_defaults = {**Recommender.context_defaults, "half_life": 90.0}
     defaults = {
         "w_repeat": 0.5,
         "w_cf": 1.0,
-        "w_basket": 0.25,
+        "w_basket": 0.1,
         "w_content": 0.5,
-        "w_als": 0.0,
+        "w_als": 1.0,
         "w_segment": 0.25,
         "w_trend": 0.25,
         "shrink": 10.0,
-        "gamma": 0.25,
+        "gamma": 0.0,
         "cf_k": 200,
         "basket_k": 100,
         "content_k": 50,
         "trend_half_life": 14.0,
-        "als_factors": 32,
-        "als_regularization": 0.05,
-        "als_alpha": 10.0,
+        "als_factors": 64,
+        "als_regularization": 0.1,
+        "als_alpha": 0.25,
         "num_threads": 1,
     }
 

@@ -36,6 +36,7 @@ class UserScores:
     hit_rate: FloatArray
 
     def mean(self, mask: NDArray[np.bool_]) -> dict[str, float]:
+        """Each metric averaged over the users in ``mask`` (NaN for none)."""
         if not mask.any():
             return {m: float("nan") for m in METRICS}
         return {m: float(getattr(self, m)[mask].mean()) for m in METRICS}

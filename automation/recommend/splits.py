@@ -49,6 +49,7 @@ class SplitData:
     new_items: ProtocolData
 
     def protocol(self, name: str) -> ProtocolData:
+        """The evaluation data of protocol ``name`` (``repeat`` or ``new-items``)."""
         if name not in PROTOCOLS:
             raise ValidationError(f"protocol={name!r} should be one of {PROTOCOLS}")
         return self.repeat if name == "repeat" else self.new_items

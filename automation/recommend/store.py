@@ -37,6 +37,7 @@ class SegmentMap:
 
     @classmethod
     def empty(cls) -> SegmentMap:
+        """No segments (nothing segmented yet)."""
         return cls(pd.Series(dtype=str), {}, "none")
 
 

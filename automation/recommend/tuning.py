@@ -30,19 +30,24 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
         for g in (0.0, 0.5)
     ],
     "item-knn": [
-        {"similarity": s, "k": k, "half_life": hl}
-        for s in ("cosine", "bm25")
-        for k in (50, 200)
+        {"similarity": "cosine", "k": k, "shrink": sh, "half_life": hl}
+        for k in (50, 200, 500)
+        for sh in (0.0, 10.0)
+        for hl in (None, 90.0)
+    ]
+    + [
+        {"similarity": "bm25", "k": k, "half_life": hl}
+        for k in (50, 200, 500)
         for hl in (None, 90.0)
     ],
     "als": [
         {"factors": f, "regularization": r, "alpha": a}
         for f in (32, 64, 128)
-        for r in (0.01, 0.1)
-        for a in (5.0, 20.0)
+        for r in (0.01, 0.1, 1.0)
+        for a in (0.1, 0.25, 0.5, 1.0, 4.0)
     ],
     "content": [{"k": k, "half_life": hl} for k in (20, 50) for hl in (None, 90.0)],
-    "hybrid": [{"half_life": hl, "als_factors": f} for hl in (None, 90.0) for f in (32, 128)],
+    "hybrid": [{"half_life": hl} for hl in (None, 90.0)],
 }
 HYBRID_STEPS: dict[str, tuple[float, ...]] = {
     "w_repeat": (0.0, 0.25, 0.5, 1.0, 2.0),
@@ -87,11 +92,15 @@ def tune(
     rules: Rules,
     seed: int = 0,
     progress: Progress | None = None,
+    als: dict[str, Tuned] | None = None,
 ) -> dict[str, Tuned]:
-    """The best parameters of ``name`` under each protocol on the validation split."""
+    """The best parameters of ``name`` under each protocol on the validation split.
+
+    ``als``: the ALS baseline's tuned parameters, which the hybrid's ALS component tries.
+    """
     say = progress or (lambda _m: None)
     if name == "hybrid":
-        return _tune_hybrid(val, k, rules, seed, say)
+        return _tune_hybrid(val, k, rules, seed, say, als)
     best: dict[str, Tuned] = {}
     for params in GRIDS.get(name, [{}]):
         model = make_recommender(name, rules, seed, **params).fit(val.train)
@@ -117,15 +126,27 @@ def _keep(best: dict[str, Tuned], t: Tuned) -> bool:
     return False
 
 
+def _als_options(als: dict[str, Tuned] | None) -> list[dict[str, Any]]:
+    if not als:
+        return [{}]
+    out: list[dict[str, Any]] = []
+    for t in als.values():
+        option = {f"als_{key}": t.params[key] for key in ("factors", "regularization", "alpha")}
+        if option not in out:
+            out.append(option)
+    return out
+
+
 def _tune_hybrid(
-    val: SplitData, k: int, rules: Rules, seed: int, say: Progress
+    val: SplitData, k: int, rules: Rules, seed: int, say: Progress, als: dict[str, Tuned] | None
 ) -> dict[str, Tuned]:
-    """Weights by coordinate ascent on the first structure (profile decay, ALS size); the other
-    structures are scored with those weights; one more ascent pass on the best structure."""
+    """Weights by coordinate ascent on the first structure (profile decay, ALS settings); the
+    other structures are scored with those weights; one more ascent pass on the best one."""
     best: dict[str, Tuned] = {}
     leader: dict[str, HybridRecommender] = {}
     weights: dict[str, dict[str, Any]] = {}
-    for params in GRIDS["hybrid"]:
+    structures = [{**g, **a} for g in GRIDS["hybrid"] for a in _als_options(als)]
+    for params in structures:
         fit_params = {**params, "w_als": 0.1}
         model = make_recommender("hybrid", rules, seed, **fit_params).fit(val.train)
         assert isinstance(model, HybridRecommender)
