@@ -23,7 +23,9 @@ Transitions:
 - **drifted**: any other activity or profile change, or the centre moved / the size changed
   beyond thresholds since the last reference.
 - **retired**: the decayed weight fell below a share of the total; members move to the nearest.
-- **merged**: two centres closer than a fraction of their spreads; the smaller is absorbed.
+- **merged**: two centres closer than a fraction of their spreads that also converged since the
+  reference (or overlap almost entirely); the smaller is absorbed. A refit's own clusters may sit
+  that close in sparse data: without convergence they are not merged right after it.
 
 After a transition the segment's reference restarts from the current update.
 """
@@ -53,7 +55,9 @@ class StructurePolicy:
     birth_fit_factor: float = 1.0
     birth_separation: float = 2.0  # far group: separation in median spreads
     retire_share: float = 0.002
-    merge_factor: float = 0.5
+    merge_factor: float = 0.5  # merged: centres nearer than this share of the summed spreads
+    merge_converged: float = 0.25  # ... and this much nearer than at the reference,
+    merge_overlap: float = 0.3  # ... unless nearer than this share (one segment in two)
     split_min_silhouette: float = 0.5
     split_gain: float = 0.15
     drift_shift: float = 0.5
@@ -65,7 +69,7 @@ class StructurePolicy:
     profile_z_high: float = 7.0
     profile_min_active: int = 20
     group_separation: float = 1.0  # a new group: distance from the segment in its spreads
-    history: int = 5  # updates of reference before a change can be called
+    history: int = 7  # updates of reference before a change is called (a week of daily ones)
     window: int = 10
     refit_shift: float = 1.0
     seed: int = 0
@@ -154,15 +158,19 @@ def apply_structure(
             dist = float(np.linalg.norm(a.center - b.center))
             if a.status != "active" or b.status != "active":
                 continue
-            if dist < p.merge_factor * (a.spread + b.spread):
+            ref = float(np.linalg.norm(a.ref_center - b.ref_center))
+            overlap = dist / max(a.spread + b.spread, 1e-9)
+            converged = dist <= (1 - p.merge_converged) * ref
+            if overlap < p.merge_factor and (converged or overlap < p.merge_overlap):
                 c = pd.Series(labels).value_counts()
                 keep, gone = (a, b) if c.get(a.segment_id, 0) >= c.get(b.segment_id, 0) else (b, a)
                 mask = labels == gone.segment_id
                 labels[mask] = keep.segment_id
                 gone.status = "merged"
                 st.add("merged", [keep.segment_id, gone.segment_id],
-                       {"distance": round(dist, 3), "spreads": [round(a.spread, 3),
-                        round(b.spread, 3)], "members_moved": int(mask.sum())})  # fmt: skip
+                       {"distance": round(dist, 3), "reference_distance": round(ref, 3),
+                        "spreads": [round(a.spread, 3), round(b.spread, 3)],
+                        "members_moved": int(mask.sum())})  # fmt: skip
 
     _born_far(st)
     _behaviour(st)
@@ -211,11 +219,11 @@ def _born_far(st: _Step) -> None:
     seg, X, p = st.seg, st.X, st.p
     ids, centers = seg.centers()
     pos = {sid: k for k, sid in enumerate(ids)}
-    own = np.array([pos.get(str(v), -1) for v in st.labels])
+    cand = np.flatnonzero(st.active | st.newcomers)
+    own = np.array([pos.get(str(v), -1) for v in st.labels[cand]], dtype=np.int64)
     radius = np.array([s.radius for s in seg.active])
-    d_own = np.where(own >= 0, member_distances(X, centers[np.maximum(own, 0)]), np.inf)
-    poor_fit = d_own > p.birth_fit_factor * radius[np.maximum(own, 0)]
-    poor = np.flatnonzero(poor_fit & (st.active | st.newcomers))
+    d_own = np.where(own >= 0, member_distances(X[cand], centers[np.maximum(own, 0)]), np.inf)
+    poor = cand[d_own > p.birth_fit_factor * radius[np.maximum(own, 0)]]
     if len(poor) < st.min_size:
         return
     B = X[poor]
