@@ -1,0 +1,244 @@
+"""The bare baseline of `synthetic_pg.py`: rows keyed in memory, sent with one binary COPY.
+
+Split out of `synthetic_pg.py` to keep each script small; see that script for how it is used.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from automation.ingest.load import event_ids
+
+# Shoal's ``events`` table (models/events.py), column by column, with the binary COPY types.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("event_id", "uuid PRIMARY KEY", "uuid"),
+    ("user_key", "bigint NOT NULL", "int8"),
+    ("type", "varchar(10) NOT NULL", "varchar"),
+    ("ts", "timestamptz NOT NULL", "timestamptz"),
+    ("item_key", "bigint", "int8"),
+    ("category", "varchar(200)", "varchar"),
+    ("quantity", "float8", "float8"),
+    ("price", "float8", "float8"),
+    ("revenue", "float8", "float8"),
+    ("rating", "float8", "float8"),
+    ("session_id", "varchar(200)", "varchar"),
+    ("order_id", "varchar(200)", "varchar"),
+    ("batch_id", "integer", "int4"),
+)
+COPY_SQL = (
+    f"COPY baseline_events ({', '.join(c for c, _, _ in COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+)
+DDL = f"CREATE TABLE baseline_events ({', '.join(f'{c} {t}' for c, t, _ in COLUMNS)})"
+PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+TRAILER = b"\xff\xff"
+
+
+# ------------------------------------------------------------------------------ keyed rows
+def keyed_rows(ev: pd.DataFrame) -> dict[str, Any]:
+    """The events as Shoal stores them: ids from ``event_ids``, integer user/item keys."""
+    is_line = ev["type"].isin(["purchase", "refund"]).to_numpy()
+    acc = pd.DataFrame(
+        {
+            "event_id": ev["event_id"],
+            "user_id": ev["user_id"],
+            "type": ev["type"],
+            "ts": ev["timestamp"].astype("datetime64[us, UTC]"),
+            "item_id": ev["item_id"],
+            "quantity": ev["quantity"].astype("float64"),
+            "price": ev["price"].astype("float64"),
+            "revenue": ev["revenue"].astype("float64").where(is_line),
+            "rating": ev["rating"].astype("float64"),
+            "session_id": ev["session_id"],
+            "order_id": ev["order_id"],
+        }
+    )
+    ids = event_ids(acc)
+    user_codes, _ = pd.factorize(ev["user_id"])
+    item_codes, _ = pd.factorize(ev["item_id"])
+    return {
+        "event_id": ids,
+        "user_key": user_codes.astype(np.int64) + 1,
+        "type": ev["type"],
+        "ts": acc["ts"],
+        "item_key": np.where(item_codes >= 0, item_codes + 1, -1).astype(np.int64),
+        "category": ev["category"],
+        "quantity": acc["quantity"].to_numpy(),
+        "price": acc["price"].to_numpy(),
+        "revenue": acc["revenue"].to_numpy(),
+        "rating": acc["rating"].to_numpy(),
+        "session_id": ev["session_id"],
+        "order_id": ev["order_id"],
+        "batch_id": np.ones(len(ev), dtype=np.int32),
+    }
+
+
+# ------------------------------------------------------------------------- Arrow encoder
+def _fsb(mat: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """(n, w) uint8 rows as an Arrow binary array (nulls where ``valid`` is False -> b"")."""
+    n, w = mat.shape
+    bitmap = None if valid is None else pa.array(valid).buffers()[1]
+    arr = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(w), n, [bitmap, pa.py_buffer(np.ascontiguousarray(mat))]
+    )
+    out = arr.cast(pa.binary())
+    return out if valid is None else out.fill_null(pa.scalar(b"", pa.binary()))
+
+
+def _be(values: np.ndarray, dtype: str) -> np.ndarray:
+    a = np.ascontiguousarray(values.astype(dtype))
+    return a.view(np.uint8).reshape(len(a), -1)
+
+
+class ArrowBinaryEncoder:
+    """PostgreSQL binary COPY rows built column-wise with Arrow (no Python loop over rows).
+
+    Each field is ``int32 length`` (-1 for NULL) + bytes; each row is ``int16 field count`` +
+    fields. Every field becomes a binary column (length prefix and value) and Arrow joins them
+    element-wise, so the joined array's data buffer is the COPY body.
+    """
+
+    def __init__(self, rows: dict[str, Any]) -> None:
+        self.n = len(rows["user_key"])
+        self.columns: list[tuple[str, Any, Any]] = []
+        for name, _, kind in COLUMNS:
+            v = rows[name]
+            if kind == "uuid":
+                self.columns.append(("fixed", np.ascontiguousarray(v), None))
+            elif kind == "varchar":
+                arr = pa.array(v, from_pandas=True)
+                if isinstance(arr, pa.DictionaryArray):
+                    arr = arr.dictionary_decode()
+                arr = arr.cast(pa.binary())
+                self.columns.append(("var", arr, None))
+            elif kind == "timestamptz":
+                us = v.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]")
+                us = us.astype(np.int64) - PG_EPOCH_US
+                self.columns.append(("fixed", _be(us, ">i8"), None))
+            elif kind == "int8":
+                valid = v >= 0 if name == "item_key" else None
+                self.columns.append(("fixed", _be(v, ">i8"), valid))
+            elif kind == "int4":
+                self.columns.append(("fixed", _be(v, ">i4"), None))
+            elif kind == "float8":
+                valid = ~np.isnan(v)
+                self.columns.append(("fixed", _be(v, ">f8"), None if valid.all() else valid))
+            else:
+                raise ValueError(kind)
+
+    def encode(self, start: int, stop: int) -> pa.Buffer:
+        n = stop - start
+        pieces: list[pa.Array] = [_fsb(_be(np.full(n, len(COLUMNS)), ">i2"))]
+        for kind, data, valid in self.columns:
+            if kind == "fixed":
+                mat = data[start:stop]
+                ok = None if valid is None else valid[start:stop]
+                width = mat.shape[1]
+                lengths = (
+                    np.full(n, width, dtype=np.int32) if ok is None else np.where(ok, width, -1)
+                )
+                pieces.append(_fsb(_be(lengths, ">i4")))
+                pieces.append(_fsb(mat, ok))
+            else:
+                arr = data.slice(start, n)
+                lengths = pc.binary_length(arr).fill_null(-1).to_numpy(zero_copy_only=False)
+                pieces.append(_fsb(_be(lengths, ">i4")))
+                pieces.append(arr.fill_null(pa.scalar(b"", pa.binary())))
+        joined = pc.binary_join_element_wise(*pieces, b"")
+        offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
+        lo, hi = int(offsets[joined.offset]), int(offsets[joined.offset + n])
+        return joined.buffers()[2][lo:hi]
+
+
+def _python_rows(rows: dict[str, Any], start: int, stop: int) -> list[tuple[Any, ...]]:
+    """Plain Python tuples for ``write_row`` (uuid.UUID, datetime, None for NULL)."""
+    cols: list[list[Any]] = []
+    for name, _, kind in COLUMNS:
+        v = rows[name][start:stop]
+        if kind == "uuid":
+            cols.append([uuid.UUID(bytes=bytes(r)) for r in v])
+        elif kind == "timestamptz":
+            cols.append(list(pd.Series(v).dt.to_pydatetime()))
+        elif kind == "varchar":
+            cols.append(pd.Series(v).astype(object).where(pd.Series(v).notna(), None).tolist())
+        elif name == "item_key":
+            cols.append([None if x < 0 else x for x in v.tolist()])
+        elif kind == "float8":
+            cols.append([None if x != x else x for x in v.tolist()])
+        else:
+            cols.append(v.tolist())
+    return list(zip(*cols, strict=True))
+
+
+def baseline_copy(dsn: str, rows: dict[str, Any], method: str, chunk: int) -> dict[str, Any]:
+    """One bare COPY of every row into a fresh ``baseline_events``; timed: encode+send+commit."""
+    n = len(rows["user_key"])
+    prep = 0.0
+    encode = 0.0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS baseline_events")
+        conn.execute(DDL)
+        conn.execute("CHECKPOINT")
+    t = time.perf_counter()
+    encoder = ArrowBinaryEncoder(rows) if method == "arrow" else None
+    prep += time.perf_counter() - t
+    with psycopg.connect(dsn) as conn:
+        cur = conn.cursor()
+        timed = 0.0
+        t0 = time.perf_counter()
+        with cur.copy(COPY_SQL) as cp:
+            if encoder is not None:
+                # Encode chunk i+1 in a helper thread (Arrow releases the GIL) while chunk i is
+                # sent, as psycopg's own writer thread overlaps write_row with the server.
+                def timed_encode(start: int) -> tuple[pa.Buffer, float]:
+                    t = time.perf_counter()
+                    body = encoder.encode(start, min(start + chunk, n))
+                    return body, time.perf_counter() - t
+
+                cp.write(HEADER)
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    pending = pool.submit(timed_encode, 0)
+                    for start in range(0, n, chunk):
+                        body, dt = pending.result()
+                        encode += dt
+                        if start + chunk < n:
+                            pending = pool.submit(timed_encode, start + chunk)
+                        cp.write(body)
+                cp.write(TRAILER)
+            else:
+                cp.set_types([k for _, _, k in COLUMNS])
+                for start in range(0, n, chunk):
+                    timed += time.perf_counter() - t0
+                    t = time.perf_counter()
+                    batch = _python_rows(rows, start, min(start + chunk, n))
+                    prep += time.perf_counter() - t
+                    t0 = time.perf_counter()
+                    for r in batch:
+                        cp.write_row(r)
+        conn.commit()
+        timed += time.perf_counter() - t0
+        stored = conn.execute("SELECT count(*) FROM baseline_events").fetchone()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE baseline_events")
+        conn.execute("CHECKPOINT")
+    return {
+        "method": method,
+        "rows": n,
+        "stored": int(stored[0]) if stored else None,
+        "seconds": timed,
+        "encode_seconds": encode if encoder is not None else None,
+        "untimed_prep_seconds": prep,
+        "events_per_second": n / timed if timed else None,
+    }
+
+
+# ---------------------------------------------------------------------- baseline segments
