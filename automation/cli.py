@@ -9,41 +9,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from automation import api
-from automation.errors import InputError, ShoalError
+from automation.cli_support import errors
+from automation.errors import InputError
 from automation.report.text import segment_table
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _emit_error(err: ShoalError, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(err.to_dict()))
-    else:
-        click.echo(f"shoal: error: {err}", err=True)
-
-
-@contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    """Domain and database errors -> one line (or JSON) and exit 1, never a traceback."""
-    try:
-        yield
-    except ShoalError as err:
-        _emit_error(err, as_json)
-        sys.exit(1)
-    except SQLAlchemyError as err:
-        orig = getattr(err, "orig", None) or err
-        _emit_error(ShoalError(f"database error: {str(orig).splitlines()[0]}"), as_json)
-        sys.exit(1)
 
 
 def _counter(bar: tqdm) -> Callable[[int], None]:
@@ -101,7 +79,7 @@ def ingest(
     as_json: bool,
 ) -> None:
     """Ingest event files (CSV, CSV.gz, JSON lines, Parquet); bad rows go to quarantine."""
-    with _errors(as_json):
+    with errors(as_json):
         for f in files:
             if not Path(f).exists():
                 raise InputError(f"{f}: no such file")
@@ -141,7 +119,7 @@ def segment(
     db: str | None, method: str, k: str, as_of: str | None, seed: int, as_json: bool
 ) -> None:
     """Segment every user from their behaviour and store a new segmentation version."""
-    with _errors(as_json):
+    with errors(as_json):
         engine = api.connect(db)
         bar = tqdm(total=4, disable=not _interactive(as_json), file=sys.stderr, leave=False)
         with bar:
@@ -166,7 +144,7 @@ def segment(
 @json_option
 def segments(db: str | None, as_of: str | None, as_json: bool) -> None:
     """Show the current segmentation (or the one in force at --as-of)."""
-    with _errors(as_json):
+    with errors(as_json):
         data = api.segments(api.connect(db), as_of)
     if as_json:
         _print_json(data)
@@ -181,7 +159,7 @@ def segments(db: str | None, as_of: str | None, as_json: bool) -> None:
 @json_option
 def user(user_id: str, db: str | None, as_of: str | None, as_json: bool) -> None:
     """Show a user's features, segment (now or at --as-of) and migration history."""
-    with _errors(as_json):
+    with errors(as_json):
         data = api.user(api.connect(db), user_id, as_of)
     if as_json:
         _print_json(data)
@@ -217,7 +195,7 @@ def update(
     as_json: bool,
 ) -> None:
     """Ingest new events and update the segmentation incrementally (no full refit)."""
-    with _errors(as_json):
+    with errors(as_json):
         for f in files:
             if not Path(f).exists():
                 raise InputError(f"{f}: no such file")
@@ -254,7 +232,7 @@ def migrations(
     as_json: bool,
 ) -> None:
     """List recorded migrations: who moved, from where, to where, when, and why."""
-    with _errors(as_json):
+    with errors(as_json):
         rows = api.migrations(api.connect(db), since, until, user_id, limit)
     if as_json:
         _print_json({"migrations": rows})
@@ -274,7 +252,7 @@ def migrations(
 @json_option
 def history(segment_id: str, db: str | None, as_json: bool) -> None:
     """Show a segment's life: size per version and the transitions involving it."""
-    with _errors(as_json):
+    with errors(as_json):
         data = api.history(api.connect(db), segment_id)
     if as_json:
         _print_json(data)
@@ -295,7 +273,7 @@ def history(segment_id: str, db: str | None, as_json: bool) -> None:
 @json_option
 def assignments(db: str | None, as_of: str | None, out: str, as_json: bool) -> None:
     """Write every user's segment id and name to a CSV or Parquet file."""
-    with _errors(as_json):
+    with errors(as_json):
         suffix = Path(out).suffix.lower()
         if suffix not in (".csv", ".parquet", ".pq"):
             raise InputError(f"--out {out}: use a .csv or .parquet file name")
@@ -317,7 +295,7 @@ def assignments(db: str | None, as_of: str | None, out: str, as_json: bool) -> N
 @json_option
 def quarantine(db: str | None, samples: int, as_json: bool) -> None:
     """Show quarantined rows: counts by reason, with samples."""
-    with _errors(as_json):
+    with errors(as_json):
         data = api.quarantine(api.connect(db), samples)
     if as_json:
         _print_json(data)
@@ -343,7 +321,7 @@ def demo(db: str | None, report: str, seed: int, as_json: bool) -> None:
     from automation.report.html import write_report
     from automation.report.replay import replay_months, replay_text
 
-    with _errors(as_json):
+    with errors(as_json):
         engine = api.connect(db)
         bar = tqdm(
             unit=" rows", unit_scale=True, disable=not _interactive(as_json), file=sys.stderr
@@ -400,7 +378,7 @@ def simulate(
     from automation.simulate import simulate as run_simulation
     from automation.simulate import write_simulation
 
-    with _errors(as_json):
+    with errors(as_json):
         sim = run_simulation(n_users=n_users, days=days, seed=seed, scenarios=scenarios)
         paths = write_simulation(sim, Path(out), fmt=fmt)
     summary = {
@@ -468,7 +446,7 @@ def recommend(
 
     if (user_id is None) == (segment_id is None):
         raise click.UsageError("give either USER_ID or --segment SEGMENT_ID")
-    with _errors(as_json):
+    with errors(as_json):
         engine = api.connect(db)
         if segment_id is not None:
             data = recommend_segment(engine, segment_id, n=n, model=model)
@@ -498,7 +476,7 @@ def audience(
     """The users most likely to buy an item (a campaign audience), best first."""
     from automation.recommend.service import audience as item_audience
 
-    with _errors(as_json):
+    with errors(as_json):
         data = item_audience(
             api.connect(db), item_id, n=n, model=model, filter_seen=not include_buyers
         )
@@ -546,7 +524,7 @@ def evaluate(
     from automation.recommend.evaluate import evaluate as run_evaluation
 
     names = [m.strip() for m in models.split(",") if m.strip()]
-    with _errors(as_json):
+    with errors(as_json):
         engine = api.connect(db)
         bar = tqdm(disable=not _interactive(as_json), file=sys.stderr, leave=False)
         with bar:

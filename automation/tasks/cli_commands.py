@@ -11,37 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
+from automation.cli_support import errors
 from automation.config import Settings
-from automation.errors import ConfigError, ShoalError
+from automation.errors import ConfigError
 
 LOGLEVELS = ("debug", "info", "warning", "error", "critical")
-
-
-def _emit(err: ShoalError, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(err.to_dict()))
-    else:
-        click.echo(f"shoal: error: {err}", err=True)
-
-
-@contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    try:
-        yield
-    except ShoalError as err:
-        _emit(err, as_json)
-        sys.exit(1)
-    except SQLAlchemyError as err:
-        orig = getattr(err, "orig", None) or err
-        _emit(ShoalError(f"database error: {str(orig).splitlines()[0]}"), as_json)
-        sys.exit(1)
 
 
 _db = click.option(
@@ -71,7 +48,7 @@ def worker(db: str | None, concurrency: int, loglevel: str, pool: str, as_json: 
     Needs SHOAL_BROKER_URL; tasks are acknowledged after they finish, so a message whose worker
     died is delivered again (the tasks are idempotent).
     """
-    with _errors(as_json):
+    with errors(as_json):
         settings = Settings.from_env(database_url=db)
         if not settings.broker_url:
             raise ConfigError(
@@ -111,7 +88,7 @@ def scheduler(db: str | None, dry_run: bool, as_json: bool, loglevel: str) -> No
     SHOAL_BROKER_URL the tasks run inside this process.
     """
     show = dry_run or as_json
-    with _errors(show):
+    with errors(show):
         from automation.tasks.scheduler import build_scheduler, schedules
 
         settings = Settings.from_env(database_url=db)
