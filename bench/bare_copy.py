@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from automation.ingest.load import event_ids
+from automation.store.pgcopy import HEADER, TRAILER, Encoder
 
 # Shoal's ``events`` table (models/events.py), column by column, with the binary COPY types.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -38,9 +38,6 @@ COPY_SQL = (
     f"COPY baseline_events ({', '.join(c for c, _, _ in COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 )
 DDL = f"CREATE TABLE baseline_events ({', '.join(f'{c} {t}' for c, t, _ in COLUMNS)})"
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
-HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
-TRAILER = b"\xff\xff"
 
 
 # ------------------------------------------------------------------------------ keyed rows
@@ -83,80 +80,17 @@ def keyed_rows(ev: pd.DataFrame) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- Arrow encoder
-def _fsb(mat: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
-    """(n, w) uint8 rows as an Arrow binary array (nulls where ``valid`` is False -> b"")."""
-    n, w = mat.shape
-    bitmap = None if valid is None else pa.array(valid).buffers()[1]
-    arr = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(w), n, [bitmap, pa.py_buffer(np.ascontiguousarray(mat))]
-    )
-    out = arr.cast(pa.binary())
-    return out if valid is None else out.fill_null(pa.scalar(b"", pa.binary()))
-
-
-def _be(values: np.ndarray, dtype: str) -> np.ndarray:
-    a = np.ascontiguousarray(values.astype(dtype))
-    return a.view(np.uint8).reshape(len(a), -1)
-
-
-class ArrowBinaryEncoder:
-    """PostgreSQL binary COPY rows built column-wise with Arrow (no Python loop over rows).
-
-    Each field is ``int32 length`` (-1 for NULL) + bytes; each row is ``int16 field count`` +
-    fields. Every field becomes a binary column (length prefix and value) and Arrow joins them
-    element-wise, so the joined array's data buffer is the COPY body.
-    """
+class ArrowBinaryEncoder(Encoder):
+    """Shoal's own column-wise binary COPY encoder (``automation.store.pgcopy``), over COLUMNS."""
 
     def __init__(self, rows: dict[str, Any]) -> None:
-        self.n = len(rows["user_key"])
-        self.columns: list[tuple[str, Any, Any]] = []
-        for name, _, kind in COLUMNS:
-            v = rows[name]
-            if kind == "uuid":
-                self.columns.append(("fixed", np.ascontiguousarray(v), None))
-            elif kind == "varchar":
-                arr = pa.array(v, from_pandas=True)
-                if isinstance(arr, pa.DictionaryArray):
-                    arr = arr.dictionary_decode()
-                arr = arr.cast(pa.binary())
-                self.columns.append(("var", arr, None))
-            elif kind == "timestamptz":
-                us = v.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]")
-                us = us.astype(np.int64) - PG_EPOCH_US
-                self.columns.append(("fixed", _be(us, ">i8"), None))
-            elif kind == "int8":
-                valid = v >= 0 if name == "item_key" else None
-                self.columns.append(("fixed", _be(v, ">i8"), valid))
-            elif kind == "int4":
-                self.columns.append(("fixed", _be(v, ">i4"), None))
-            elif kind == "float8":
-                valid = ~np.isnan(v)
-                self.columns.append(("fixed", _be(v, ">f8"), None if valid.all() else valid))
-            else:
-                raise ValueError(kind)
+        kinds = {name: ("text" if kind == "varchar" else kind) for name, _, kind in COLUMNS}
+        values = dict(rows)
+        values["item_key"] = pd.Series(rows["item_key"]).where(rows["item_key"] >= 0)
+        super().__init__({name: values[name] for name, _, _ in COLUMNS}, kinds)
 
     def encode(self, start: int, stop: int) -> pa.Buffer:
-        n = stop - start
-        pieces: list[pa.Array] = [_fsb(_be(np.full(n, len(COLUMNS)), ">i2"))]
-        for kind, data, valid in self.columns:
-            if kind == "fixed":
-                mat = data[start:stop]
-                ok = None if valid is None else valid[start:stop]
-                width = mat.shape[1]
-                lengths = (
-                    np.full(n, width, dtype=np.int32) if ok is None else np.where(ok, width, -1)
-                )
-                pieces.append(_fsb(_be(lengths, ">i4")))
-                pieces.append(_fsb(mat, ok))
-            else:
-                arr = data.slice(start, n)
-                lengths = pc.binary_length(arr).fill_null(-1).to_numpy(zero_copy_only=False)
-                pieces.append(_fsb(_be(lengths, ">i4")))
-                pieces.append(arr.fill_null(pa.scalar(b"", pa.binary())))
-        joined = pc.binary_join_element_wise(*pieces, b"")
-        offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
-        lo, hi = int(offsets[joined.offset]), int(offsets[joined.offset + n])
-        return joined.buffers()[2][lo:hi]
+        return self.rows(start, stop)
 
 
 def _python_rows(rows: dict[str, Any], start: int, stop: int) -> list[tuple[Any, ...]]:

@@ -17,6 +17,7 @@ import platform
 import resource
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -205,7 +206,8 @@ class Probe:
     """
 
     def __init__(self) -> None:
-        self.stack: list[str] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.samples: dict[str, list[float]] = {}
@@ -213,7 +215,18 @@ class Probe:
         self._sql_listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self.active = False
 
+    @property
+    def stack(self) -> list[str]:
+        """The call path of the current thread (the ingest prepares blocks in a helper thread)."""
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack  # type: ignore[no-any-return]
+
     def _add(self, key: str, dt: float) -> None:
+        with self._lock:
+            self._add_locked(key, dt)
+
+    def _add_locked(self, key: str, dt: float) -> None:
         self.seconds[key] = self.seconds.get(key, 0.0) + dt
         self.calls[key] = self.calls.get(key, 0) + 1
         self.samples.setdefault(key, []).append(dt)
@@ -394,7 +407,9 @@ def print_breakdown(title: str, rows: list[dict[str, Any]], total: float, out: A
 
 # (module, attribute, label); a class attribute is given as "module:Class.attr".
 INGEST_PROBES = [
-    ("automation.ingest.run", "ingest_batch", "ingest_batch"),
+    ("automation.ingest.run", "prepare_block", "prepare_block (helper thread)"),
+    ("automation.ingest.run", "commit_block", "commit_block"),
+    ("automation.ingest.run", "prepare_batch", "prepare_batch"),
     ("automation.ingest.mapping:ColumnPlan.apply", None, "map columns"),
     ("automation.ingest.run", "validate", "validate"),
     ("automation.ingest.run", "_raw_text", "quarantine raw text"),
@@ -405,6 +420,8 @@ INGEST_PROBES = [
     ("automation.ingest.load", "_lookup", "key lookup"),
     ("automation.ingest.load", "create_temp_like", "create temp"),
     ("automation.ingest.load", "write_frame", "write_frame (COPY/executemany)"),
+    ("automation.ingest.load", "encode", "binary COPY encode"),
+    ("automation.ingest.load", "copy_binary", "binary COPY send"),
     ("automation.ingest.load", "read_frame", "read_frame"),
     ("automation.ingest.load", "fold_into_aggregates", "fold_into_aggregates"),
 ]

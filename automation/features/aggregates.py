@@ -100,6 +100,11 @@ def _add(table: str, cols: tuple[str, ...]) -> list[str]:
     return [f"{c} = {table}.{c} + excluded.{c}" for c in cols]
 
 
+def _sorted(select: str, keys: str) -> str:
+    """Rows in key order: upserts then walk the aggregate's index in order, not at random."""
+    return f"SELECT * FROM ({select}) AS agg WHERE TRUE ORDER BY {keys}"
+
+
 def aggregate_upserts(source: str) -> list[str]:
     """The upserts that fold the events of ``source`` (new events only) into the aggregates."""
     stats_sets = [
@@ -116,21 +121,21 @@ def aggregate_upserts(source: str) -> list[str]:
     return [
         f"""INSERT INTO user_stats (user_key, first_ts, last_ts, first_purchase_ts,
                 last_purchase_ts, {", ".join(STATS_COLUMNS)})
-            {stats_select(source)}
+            {_sorted(stats_select(source), 'user_key')}
             ON CONFLICT (user_key) DO UPDATE SET {", ".join(stats_sets)}""",
         f"""INSERT INTO user_orders (user_key, order_id, ts, revenue, n_lines)
-            {orders_select(source)}
+            {_sorted(orders_select(source), 'user_key, order_id')}
             ON CONFLICT (user_key, order_id) DO UPDATE SET {", ".join(order_sets)}""",
         f"""INSERT INTO user_items (user_key, item_key, {", ".join(item_cols)}, last_ts)
-            {items_select(source)}
+            {_sorted(items_select(source), 'user_key, item_key')}
             ON CONFLICT (user_key, item_key) DO UPDATE SET {", ".join(item_sets)}""",
         f"""INSERT INTO user_categories (user_key, category, {", ".join(cat_cols)})
-            {categories_select(source)}
+            {_sorted(categories_select(source), 'user_key, category')}
             ON CONFLICT (user_key, category) DO UPDATE SET
             {", ".join(_add("user_categories", cat_cols))}""",
         f"""INSERT INTO batch_users (batch_id, user_key, n_events)
             SELECT batch_id, user_key, COUNT(*) FROM {source} WHERE TRUE
-            GROUP BY batch_id, user_key
+            GROUP BY batch_id, user_key ORDER BY batch_id, user_key
             ON CONFLICT (batch_id, user_key) DO UPDATE SET
             n_events = batch_users.n_events + excluded.n_events""",
     ]

@@ -10,14 +10,18 @@ rows touches the database.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sqlalchemy import Connection, text
 
-from automation.features.aggregates import aggregate_upserts, fold_into_aggregates
+from automation.features.aggregates import fold_into_aggregates
 from automation.store.bulk import create_temp_like, ids_to_hex, read_frame, write_frame
+from automation.store.pgcopy import Encoder, copy_binary, join_rows
 
 # Fixed 16-byte keys for pandas' SipHash row hashing: derived ids are stable across runs.
 _K1 = "shoal-event-id-1"
@@ -57,6 +61,23 @@ _STAGE_SQL = {
     "category TEXT, quantity REAL, price REAL, revenue REAL, rating REAL, session_id TEXT, "
     "order_id TEXT, batch_id INTEGER",
 }
+# Stage columns the helper thread can encode before the database assigns keys.
+HEAD_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in ("user_key", "item_key", "batch_id"))
+STAGE_TYPES = {
+    "event_id": "uuid",
+    "user_key": "int8",
+    "type": "text",
+    "ts": "timestamptz",
+    "item_key": "int8",
+    "category": "text",
+    "quantity": "float8",
+    "price": "float8",
+    "revenue": "float8",
+    "rating": "float8",
+    "session_id": "text",
+    "order_id": "text",
+    "batch_id": "int4",
+}
 _KEYS_SQL = {
     "postgresql": "external_id varchar(200), name text, category varchar(200), price float8, "
     "is_product boolean",
@@ -74,9 +95,11 @@ def event_ids(acc: pd.DataFrame) -> np.ndarray:
     """Deterministic 16-byte ids, as an (n, 16) uint8 array.
 
     48 bits of the event time in milliseconds (time-ordered, like UUIDv7, so bulk inserts append
-    to the index instead of scattering) followed by 80 bits of a hash: of the source
+    to the index instead of scattering) followed by a 64-bit keyed hash (SipHash): of the source
     ``event_id`` when the row has one (an event id names one event at one time), else of the
-    canonical fields, so re-ingesting the same rows yields the same ids.
+    canonical fields, so re-ingesting the same rows yields the same ids. The last 16 bits are a
+    second hash of those 64 (they fill the 16 bytes; they add no entropy). Two distinct events
+    collide only if they share the millisecond and the 64-bit hash.
     """
     n = len(acc)
     out = np.empty((n, 16), dtype=np.uint8)
@@ -86,11 +109,9 @@ def event_ids(acc: pd.DataFrame) -> np.ndarray:
     ms = (acc["ts"].astype("int64").to_numpy() // 1000).astype(">u8")
     out[:, :6] = ms.view(np.uint8).reshape(n, 8)[:, 2:]
     h1 = np.empty(n, dtype=np.uint64)
-    h2 = np.empty(n, dtype=np.uint64)
     if given.any():
         ids = acc.loc[given, "event_id"].astype("str").to_numpy(dtype=object)
         h1[given] = pd.util.hash_array(ids, hash_key=_K1)
-        h2[given] = pd.util.hash_array(ids, hash_key=_K2)
     if (~given).any():
         content = acc.loc[~given]
         frame = pd.DataFrame(
@@ -106,7 +127,7 @@ def event_ids(acc: pd.DataFrame) -> np.ndarray:
             }
         )
         h1[~given] = pd.util.hash_pandas_object(frame, index=False, hash_key=_K1).to_numpy()
-        h2[~given] = pd.util.hash_pandas_object(frame, index=False, hash_key=_K2).to_numpy()
+    h2 = pd.util.hash_array(h1, hash_key=_K2)
     out[:, 6:14] = h1.astype(">u8").view(np.uint8).reshape(n, 8)
     out[:, 14:] = h2.astype(">u8").view(np.uint8).reshape(n, 8)[:, :2]
     return out
@@ -120,7 +141,7 @@ def upsert_keys(conn: Connection, table: str, attrs: pd.DataFrame, update_sql: s
     conn.execute(
         text(
             f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _stage_keys "
-            f"WHERE TRUE ON CONFLICT (external_id) DO {update_sql}"
+            f"WHERE TRUE ORDER BY external_id ON CONFLICT (external_id) DO {update_sql}"
         )
     )
     keys = read_frame(
@@ -137,22 +158,47 @@ def _lookup(keys: pd.Series, values: pd.Series) -> np.ndarray:
     return np.where(pos >= 0, found, -1)
 
 
-def load_batch(
-    conn: Connection, acc: pd.DataFrame, batch_id: int, non_product: object | None
-) -> Loaded:
-    """Persist accepted rows of one batch; returns how many were new and how many duplicates."""
+@dataclass
+class Prepared:
+    """One block's accepted rows made ready to load, without touching the database.
+
+    Built by :func:`prepare_batch` (so the ingest can prepare the next block in a helper thread
+    while the database loads this one) and consumed by :func:`load_batch`.
+    """
+
+    acc: pd.DataFrame  # accepted rows, duplicates within the block removed
+    ids: np.ndarray  # (n, 16) uint8 event ids
+    min_id: bytes  # the smallest id of the block (b"" when empty)
+    dup_in_batch: int
+    users: pd.DataFrame
+    items: pd.DataFrame | None
+    order: pd.Series
+    head: list[pa.Array] | None = None  # binary COPY rows without their keys (PostgreSQL)
+
+
+def _min_id(ids: np.ndarray) -> bytes:
+    if len(ids) == 0:
+        return b""
+    hi = np.ascontiguousarray(ids[:, :8]).view(">u8").ravel()
+    lo = np.ascontiguousarray(ids[:, 8:]).view(">u8").ravel()
+    first = hi == hi.min()
+    row = np.flatnonzero(first)[np.argmin(lo[first])]
+    return bytes(ids[row])
+
+
+def prepare_batch(acc: pd.DataFrame, non_product: object | None, binary: bool = False) -> Prepared:
+    """Ids, in-block de-duplication, the users and items to upsert and each line's order.
+
+    With ``binary`` (PostgreSQL), the ``COPY`` rows are encoded here too, all but the fields that
+    need the database (user and item keys, batch id), which :func:`load_batch` appends.
+    """
     ids = event_ids(acc)
     pair = pd.DataFrame(ids.view("<u8").reshape(len(acc), 2))
     dup_in_batch = pair.duplicated().to_numpy()
     acc = acc[~dup_in_batch].reset_index(drop=True)
     ids = ids[~dup_in_batch]
-    if len(acc) == 0:
-        return Loaded(0, int(dup_in_batch.sum()))
-
     users = pd.DataFrame({"external_id": acc["user_id"].drop_duplicates()})
-    user_keys = upsert_keys(conn, "users", users, "NOTHING")
-
-    item_key = np.full(len(acc), -1, dtype=np.int64)
+    items = None
     has_item = acc["item_id"].notna().to_numpy()
     if has_item.any():
         items = (
@@ -168,16 +214,6 @@ def load_batch(
             if pattern is not None
             else True
         )
-        item_keys = upsert_keys(
-            conn,
-            "items",
-            items,
-            "UPDATE SET name = COALESCE(excluded.name, items.name), "
-            "category = COALESCE(excluded.category, items.category), "
-            "price = COALESCE(excluded.price, items.price)",
-        )
-        item_key[has_item] = _lookup(item_keys, acc.loc[has_item, "item_id"])
-
     is_line = acc["type"].isin(["purchase", "refund"])
     # A purchase without an order id belongs to its session, else to its instant.
     order = acc["order_id"].where(~is_line, acc["order_id"].fillna(acc["session_id"]))
@@ -185,59 +221,101 @@ def load_batch(
     if no_order.any():
         order = order.astype("object")
         order[no_order] = "@" + acc.loc[no_order, "ts"].astype("str")
-    stage = {
-        "event_id": ids,
+    prep = Prepared(acc, ids, _min_id(ids), int(dup_in_batch.sum()), users, items, order)
+    if binary:
+        head = {c: _stage_value(prep, c) for c in HEAD_COLUMNS}
+        prep.head = Encoder(head, STAGE_TYPES, fields=len(EVENT_COLUMNS)).chunks()
+    return prep
+
+
+def _stage_value(prep: Prepared, column: str) -> Any:
+    if column == "event_id":
+        return prep.ids
+    if column == "order_id":
+        return prep.order
+    return prep.acc[column]
+
+
+def _largest_stored_id(conn: Connection) -> bytes | None:
+    """The largest ``event_id`` stored (one step down the primary key's index), or None."""
+    value = conn.execute(
+        text("SELECT event_id FROM events ORDER BY event_id DESC LIMIT 1")
+    ).scalar_one_or_none()
+    if value is None:
+        return None
+    if isinstance(value, uuid.UUID):
+        return value.bytes
+    if isinstance(value, str):
+        return bytes.fromhex(value.replace("-", ""))
+    return bytes(value)
+
+
+def load_batch(conn: Connection, prep: Prepared, batch_id: int) -> Loaded:
+    """Persist one prepared block; returns how many events were new and how many duplicates.
+
+    The caller holds the ingest lock, so no other writer adds events meanwhile. When every id of
+    the block sorts after the largest stored id (the usual case: ids are time-prefixed and new
+    events are newer), no stored event can be a duplicate and the check is skipped; otherwise
+    stored duplicates are removed from the stage first. The primary key enforces uniqueness in
+    both cases.
+    """
+    acc = prep.acc
+    if len(acc) == 0:
+        return Loaded(0, prep.dup_in_batch)
+    if conn.dialect.name == "postgresql":
+        # Room for the aggregates' hash tables (a block's users and categories) in memory.
+        conn.execute(text("SET LOCAL work_mem = '256MB'"))
+    user_keys = upsert_keys(conn, "users", prep.users, "NOTHING")
+    item_key = np.full(len(acc), -1, dtype=np.int64)
+    has_item = acc["item_id"].notna().to_numpy()
+    if prep.items is not None:
+        item_keys = upsert_keys(
+            conn,
+            "items",
+            prep.items,
+            "UPDATE SET name = COALESCE(excluded.name, items.name), "
+            "category = COALESCE(excluded.category, items.category), "
+            "price = COALESCE(excluded.price, items.price)",
+        )
+        item_key[has_item] = _lookup(item_keys, acc.loc[has_item, "item_id"])
+    tail = {
         "user_key": pd.Series(_lookup(user_keys, acc["user_id"])),
-        "type": acc["type"],
-        "ts": acc["ts"],
         "item_key": pd.Series(item_key).astype("Int64").where(has_item),
-        "category": acc["category"],
-        "quantity": acc["quantity"],
-        "price": acc["price"],
-        "revenue": acc["revenue"],
-        "rating": acc["rating"],
-        "session_id": acc["session_id"],
-        "order_id": order,
         "batch_id": pd.Series(np.full(len(acc), batch_id, dtype=np.int64)),
     }
     create_temp_like(conn, "_stage_events", _STAGE_SQL[conn.dialect.name])
-    write_frame(conn, "_stage_events", stage)
-    cols = ", ".join(EVENT_COLUMNS)
     if conn.dialect.name == "postgresql":
-        # One statement: insert the new events, and fold exactly those (RETURNING) into the
-        # aggregates as data-modifying CTEs. Each event is written once and probed once.
-        upserts = ",\n".join(
-            f"agg_{i} AS ({stmt})" for i, stmt in enumerate(aggregate_upserts("ins"))
-        )
-        inserted = int(
-            conn.execute(
-                text(
-                    f"WITH ins AS (INSERT INTO events ({cols}) SELECT {cols} FROM _stage_events "
-                    f"ON CONFLICT (event_id) DO NOTHING RETURNING {cols}),\n{upserts}\n"
-                    "SELECT COUNT(*) FROM ins"
-                )
-            ).scalar_one()
-        )
-        dup_stored = len(acc) - inserted
+        head = prep.head
+        if head is None:
+            head = Encoder(
+                {c: _stage_value(prep, c) for c in HEAD_COLUMNS},
+                STAGE_TYPES,
+                fields=len(EVENT_COLUMNS),
+            ).chunks()
+        body = join_rows(head, Encoder(tail, STAGE_TYPES, fields=0))
+        copy_binary(conn, "_stage_events", [*HEAD_COLUMNS, *tail], body)
     else:
+        stage = {**{c: _stage_value(prep, c) for c in HEAD_COLUMNS}, **tail}
+        write_frame(conn, "_stage_events", stage)
+    largest = _largest_stored_id(conn)
+    dup_stored = 0
+    if largest is not None and prep.min_id <= largest:
         dup_stored = conn.execute(
             text(
                 "DELETE FROM _stage_events WHERE EXISTS "
                 "(SELECT 1 FROM events e WHERE e.event_id = _stage_events.event_id)"
             )
         ).rowcount
-        inserted = conn.execute(
-            text(
-                f"INSERT INTO events ({cols}) SELECT {cols} FROM _stage_events "
-                "WHERE TRUE ON CONFLICT (event_id) DO NOTHING"
-            )
-        ).rowcount
-        if inserted != len(acc) - dup_stored:
-            raise RuntimeError(
-                f"concurrent writer: staged {len(acc) - dup_stored} events, inserted {inserted}"
-            )
-        fold_into_aggregates(conn, "_stage_events")
-    return Loaded(inserted, int(dup_in_batch.sum()) + dup_stored)
+    cols = ", ".join(EVENT_COLUMNS)
+    inserted = conn.execute(
+        text(f"INSERT INTO events ({cols}) SELECT {cols} FROM _stage_events")
+    ).rowcount
+    if inserted != len(acc) - dup_stored:
+        raise RuntimeError(
+            f"concurrent writer: staged {len(acc) - dup_stored} events, inserted {inserted}"
+        )
+    fold_into_aggregates(conn, "_stage_events")
+    return Loaded(inserted, prep.dup_in_batch + dup_stored)
 
 
 _QUARANTINE_SQL = {

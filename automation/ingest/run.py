@@ -6,6 +6,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy import Engine, text
 
 from automation.config import Settings
 from automation.errors import EmptyInputError
-from automation.ingest.load import load_batch, store_quarantine
+from automation.ingest.load import Prepared, load_batch, prepare_batch, store_quarantine
 from automation.ingest.mapping import ColumnPlan, parse_pairs, plan_columns, preset_named
 from automation.ingest.readers import RawBatch, detect_format, read_file
 from automation.ingest.validate import validate
@@ -90,19 +91,23 @@ class BatchSource:
     fmt: str
 
 
-def ingest_batch(
-    engine: Engine,
+@dataclass
+class PreparedBlock:
+    """A block validated and made ready to load, before any database work."""
+
+    raw: RawBatch
+    prepared: Prepared
+    quarantine: dict[str, pd.Series]
+
+
+def prepare_block(
     raw: RawBatch,
     plan: ColumnPlan,
     origin: BatchSource,
     settings: Settings,
-) -> IngestReport:
-    """Validate, load and quarantine one block in one transaction.
-
-    The block's ``ingest_batches`` row is created and finished inside that transaction, under
-    the ingest lock: a crash leaves no half-recorded batch, and batch ids are committed in
-    order, so an update's watermark can never pass a batch that commits later.
-    """
+    binary: bool = False,
+) -> PreparedBlock:
+    """Map, validate and key one block, and assemble its quarantine rows (no database work)."""
     canonical = plan.apply(raw.frame)
     now = pd.Timestamp.now(tz="UTC")
     checked = validate(
@@ -125,6 +130,19 @@ def ingest_batch(
             dtype="object",
         ),
     }
+    prepared = prepare_batch(checked.accepted, plan.non_product, binary)
+    return PreparedBlock(raw, prepared, quarantine)
+
+
+def commit_block(engine: Engine, block: PreparedBlock, origin: BatchSource) -> IngestReport:
+    """Load one prepared block and its quarantine rows in one transaction.
+
+    The block's ``ingest_batches`` row is created and finished inside that transaction, under
+    the ingest lock: a crash leaves no half-recorded batch, and batch ids are committed in
+    order, so an update's watermark can never pass a batch that commits later.
+    """
+    quarantine = block.quarantine
+    n_q = len(quarantine["reason"])
     with engine.begin() as conn:
         acquire_lock(conn, "ingest")
         batch_id = int(
@@ -136,11 +154,11 @@ def ingest_batch(
                 {"s": origin.source, "p": origin.preset, "m": json.dumps(origin.mapping)},
             ).scalar_one()
         )
-        loaded = load_batch(conn, checked.accepted, batch_id, plan.non_product)
+        loaded = load_batch(conn, block.prepared, batch_id)
         quarantine["batch_id"] = pd.Series(np.full(n_q, batch_id, dtype=np.int64))
         store_quarantine(conn, quarantine)
         report = IngestReport(
-            read=raw.read,
+            read=block.raw.read,
             accepted=loaded.inserted,
             duplicates=loaded.duplicates,
             quarantined=n_q,
@@ -164,6 +182,14 @@ def ingest_batch(
     return report
 
 
+def ingest_batch(
+    engine: Engine, raw: RawBatch, plan: ColumnPlan, origin: BatchSource, settings: Settings
+) -> IngestReport:
+    """Validate, load and quarantine one block in one transaction."""
+    binary = engine.dialect.name == "postgresql"
+    return commit_block(engine, prepare_block(raw, plan, origin, settings, binary), origin)
+
+
 def ingest_files(
     engine: Engine,
     paths: Sequence[str | Path],
@@ -173,30 +199,42 @@ def ingest_files(
     sets: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> IngestReport:
-    """Ingest ``paths`` into the store at ``engine``; see :class:`IngestReport`."""
+    """Ingest ``paths`` into the store at ``engine``; see :class:`IngestReport`.
+
+    Two stages overlap: a helper thread reads, validates and keys block i+1 (pandas and Arrow
+    release the GIL for much of it) while this thread loads block i into the database, which
+    works in its own process. Blocks are committed in file order, one transaction each.
+    """
     started = time.perf_counter()
     chosen = preset_named(preset)
     map_pairs = parse_pairs(maps, "--map")
     set_pairs = parse_pairs(sets, "--set")
     total = IngestReport()
-    for path in paths:
-        fmt = detect_format(Path(path))
-        batches = read_file(path, block_bytes=max(1, settings.ingest_block_mb) << 20)
-        first = next(batches, None)
-        if first is None or first.read == 0:
-            raise EmptyInputError(f"{path}: no rows to ingest")
-        plan = plan_columns(list(first.frame.columns), str(path), chosen, map_pairs, set_pairs)
-        origin = BatchSource(str(path), preset, {**map_pairs, **set_pairs}, fmt)
-        for raw in _chain(first, batches):
-            report = ingest_batch(engine, raw, plan, origin, settings)
-            total.add(report)
-            if progress is not None:
-                progress(report.read)
-        total.files.append(str(path))
+    binary = engine.dialect.name == "postgresql"
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-ingest") as pool:
+        for path in paths:
+            fmt = detect_format(Path(path))
+            batches = read_file(path, block_bytes=max(1, settings.ingest_block_mb) << 20)
+            first = next(batches, None)
+            if first is None or first.read == 0:
+                raise EmptyInputError(f"{path}: no rows to ingest")
+            plan = plan_columns(list(first.frame.columns), str(path), chosen, map_pairs, set_pairs)
+            origin = BatchSource(str(path), preset, {**map_pairs, **set_pairs}, fmt)
+
+            def prepare_next(raw: RawBatch | None) -> PreparedBlock | None:
+                if raw is None:
+                    raw = next(batches, None)  # noqa: B023 - one file at a time
+                if raw is None:
+                    return None
+                return prepare_block(raw, plan, origin, settings, binary)  # noqa: B023
+
+            pending: Future[PreparedBlock | None] = pool.submit(prepare_next, first)
+            while (block := pending.result()) is not None:
+                pending = pool.submit(prepare_next, None)
+                report = commit_block(engine, block, origin)
+                total.add(report)
+                if progress is not None:
+                    progress(report.read)
+            total.files.append(str(path))
     total.seconds = time.perf_counter() - started
     return total
-
-
-def _chain(first: RawBatch, rest: Any) -> Any:
-    yield first
-    yield from rest
