@@ -401,10 +401,13 @@ def simulate(
         click.echo(f"  {kind}: {path}")
 
 
+from automation.campaigns.cli_commands import COMMANDS as CAMPAIGN_COMMANDS  # noqa: E402
 from automation.tasks.cli_commands import scheduler, worker  # noqa: E402
 
 main.add_command(worker)
 main.add_command(scheduler)
+for _command in CAMPAIGN_COMMANDS:
+    main.add_command(_command)
 
 
 # ---------------------------------------------------------------------------- recommendations

@@ -5,6 +5,15 @@ first use (see :func:`automation.store.db.open_store`).
 """
 
 from models.base import Base
+from models.campaigns import (
+    Campaign,
+    CampaignCursor,
+    CampaignDecision,
+    Coupon,
+    DeadLetter,
+    Delivery,
+    Routing,
+)
 from models.dynamics import (
     BatchUser,
     FeatureSnapshot,
@@ -21,6 +30,13 @@ from models.users import Item, User, UserCategory, UserItem, UserOrder, UserStat
 
 __all__ = [
     "Base",
+    "Campaign",
+    "CampaignCursor",
+    "CampaignDecision",
+    "Coupon",
+    "DeadLetter",
+    "Delivery",
+    "Routing",
     "BatchUser",
     "FeatureSnapshot",
     "Lock",

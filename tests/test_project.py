@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import click
 import yaml
 from click.testing import CliRunner
 
@@ -27,19 +28,31 @@ def test_docker_compose_parses_and_references_resolve() -> None:
     assert "SHOAL_DATABASE_URL" in services["shoal"]["environment"]
 
 
+def _commands() -> list[tuple[list[str], click.Command]]:
+    """Every leaf command, with its path (``["campaign", "run"]``)."""
+    out: list[tuple[list[str], click.Command]] = []
+    for name, cmd in main.commands.items():
+        if isinstance(cmd, click.Group):
+            out += [([name, sub], c) for sub, c in cmd.commands.items()]
+        else:
+            out.append(([name], cmd))
+    return out
+
+
 def test_every_command_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
-    for name in main.commands:
+    for path, _ in _commands():
+        name = " ".join(path)
         assert re.search(rf"`shoal {name}\b", readme), f"`shoal {name}` is not in README.md"
 
 
 def test_every_command_has_help_and_json() -> None:
     runner = CliRunner()
-    for name, cmd in main.commands.items():
-        result = runner.invoke(main, [name, "--help"])
-        assert result.exit_code == 0, name
-        assert cmd.help, f"{name} has no help text"
-        assert "--json" in result.output, f"{name} has no --json"
+    for path, cmd in _commands():
+        result = runner.invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert cmd.help, f"{path} has no help text"
+        assert "--json" in result.output, f"{path} has no --json"
 
 
 def test_modules_stay_small() -> None:

@@ -27,7 +27,9 @@ from tests.test_tasks_support import day_files, private_redis, wait_for
 
 def test_defaults() -> None:
     by_job = {s.job: s for s in schedules({})}
-    assert set(by_job) == {"update", "drift_check", "refit"}
+    assert set(by_job) == {"update", "drift_check", "refit", "campaigns", "dispatch"}
+    assert by_job["campaigns"].task == "shoal.campaigns"
+    assert by_job["dispatch"].value == "interval:30"
     assert by_job["update"].value == "interval:300"
     assert isinstance(by_job["update"].trigger, IntervalTrigger)
     assert by_job["update"].trigger.interval.total_seconds() == 300
@@ -119,9 +121,13 @@ def test_invalid_schedule_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_scheduler_jobs_follow_the_environment() -> None:
     settings = Settings.from_env({"SHOAL_BROKER_URL": "redis://127.0.0.1:1/0"})
-    env = {"SHOAL_SCHEDULE_UPDATE": "interval:1", "SHOAL_SCHEDULE_REFIT": "off"}
+    env = {
+        "SHOAL_SCHEDULE_UPDATE": "interval:1",
+        "SHOAL_SCHEDULE_REFIT": "off",
+        "SHOAL_SCHEDULE_DISPATCH": "off",
+    }
     sched = build_scheduler(settings, background=True, env=env)
-    assert {j.id for j in sched.get_jobs()} == {"update", "drift_check"}
+    assert {j.id for j in sched.get_jobs()} == {"update", "drift_check", "campaigns"}
 
 
 def test_background_scheduler_runs_the_update_in_process(tmp_path: Path) -> None:
@@ -147,6 +153,8 @@ def test_background_scheduler_runs_the_update_in_process(tmp_path: Path) -> None
         "SHOAL_SCHEDULE_UPDATE": "interval:1",
         "SHOAL_SCHEDULE_DRIFT": "off",
         "SHOAL_SCHEDULE_REFIT": "off",
+        "SHOAL_SCHEDULE_CAMPAIGNS": "off",
+        "SHOAL_SCHEDULE_DISPATCH": "off",
     }
     sched = build_scheduler(settings, background=True, env=env, app=app)
     started = time.monotonic()

@@ -121,16 +121,16 @@ def aggregate_upserts(source: str) -> list[str]:
     return [
         f"""INSERT INTO user_stats (user_key, first_ts, last_ts, first_purchase_ts,
                 last_purchase_ts, {", ".join(STATS_COLUMNS)})
-            {_sorted(stats_select(source), 'user_key')}
+            {_sorted(stats_select(source), "user_key")}
             ON CONFLICT (user_key) DO UPDATE SET {", ".join(stats_sets)}""",
         f"""INSERT INTO user_orders (user_key, order_id, ts, revenue, n_lines)
-            {_sorted(orders_select(source), 'user_key, order_id')}
+            {_sorted(orders_select(source), "user_key, order_id")}
             ON CONFLICT (user_key, order_id) DO UPDATE SET {", ".join(order_sets)}""",
         f"""INSERT INTO user_items (user_key, item_key, {", ".join(item_cols)}, last_ts)
-            {_sorted(items_select(source), 'user_key, item_key')}
+            {_sorted(items_select(source), "user_key, item_key")}
             ON CONFLICT (user_key, item_key) DO UPDATE SET {", ".join(item_sets)}""",
         f"""INSERT INTO user_categories (user_key, category, {", ".join(cat_cols)})
-            {_sorted(categories_select(source), 'user_key, category')}
+            {_sorted(categories_select(source), "user_key, category")}
             ON CONFLICT (user_key, category) DO UPDATE SET
             {", ".join(_add("user_categories", cat_cols))}""",
         f"""INSERT INTO batch_users (batch_id, user_key, n_events)

@@ -7,6 +7,10 @@
                        enqueues ``shoal.refit`` at once when drift passes its bound.
 ``shoal.drift_check``  ``()``: measure drift; enqueues ``shoal.refit`` at once when needed.
 ``shoal.refit``        ``(method="kmeans", k="auto", seed=0)``: the full refit.
+``shoal.campaigns``    ``()``: decide the campaigns' new trigger occurrences (enqueued
+                       after every update or refit that moved someone); then enqueues
+                       ``shoal.dispatch`` when it queued deliveries.
+``shoal.dispatch``     ``(limit=1000)``: send due deliveries from the outbox.
 =====================  ===============================================================
 
 Delivery is at least once (late acknowledgement); effects are exactly once: ``update`` and
@@ -50,7 +54,9 @@ INGEST = "shoal.ingest"
 UPDATE = "shoal.update"
 DRIFT_CHECK = "shoal.drift_check"
 REFIT = "shoal.refit"
-TASK_NAMES = (INGEST, UPDATE, DRIFT_CHECK, REFIT)
+CAMPAIGNS = "shoal.campaigns"
+DISPATCH = "shoal.dispatch"
+TASK_NAMES = (INGEST, UPDATE, DRIFT_CHECK, REFIT, CAMPAIGNS, DISPATCH)
 
 log = logging.getLogger("shoal.tasks")
 
@@ -164,6 +170,8 @@ def register_tasks(app: ShoalCelery) -> None:
             data["task_id"] = key
             if data.get("refit_recommended") and data.get("version"):
                 data["refit_task_id"] = follow_up_refit(eng, int(data["version"]))
+            if data.get("status") == "done" and data.get("migrations"):
+                data["campaigns_task_id"] = enqueue(app, CAMPAIGNS)
         return dict(json_safe(data))
 
     @app.task(name=DRIFT_CHECK, **options)
@@ -199,4 +207,32 @@ def register_tasks(app: ShoalCelery) -> None:
             result = run_segmentation(eng, method, k, None, seed, None, task_key=key)
         data = {**result.to_dict(), "task_id": key, "status": "done"}
         data.pop("k_selection", None)
+        data["campaigns_task_id"] = enqueue(app, CAMPAIGNS)
         return dict(json_safe(data))
+
+    @app.task(name=CAMPAIGNS, **options)
+    def campaigns(self: Any) -> dict[str, Any]:
+        """Idempotent without a task record: decisions are unique per occurrence."""
+        from automation.campaigns import service
+
+        key = _key(self.request)
+        with transient_errors():
+            eng = engine()
+            try:
+                report = service.run(eng)
+            except EmptyStoreError as err:
+                return {"task_id": key, "status": "skipped", "reason": str(err)}
+            data: dict[str, Any] = {"task_id": key, "status": "done", **report.to_dict(limit=0)}
+            if any(c["queued"] for c in report.campaigns):
+                data["dispatch_task_id"] = enqueue(app, DISPATCH)
+        return dict(json_safe(data))
+
+    @app.task(name=DISPATCH, **options)
+    def dispatch(self: Any, limit: int = 1000) -> dict[str, Any]:
+        """Each delivery is marked sent in the transaction holding its row lock."""
+        from automation.campaigns.dispatch import dispatch as send_due
+
+        key = _key(self.request)
+        with transient_errors():
+            report = send_due(engine(), app.settings, limit)
+        return dict(json_safe({"task_id": key, "status": "done", **report.to_dict()}))

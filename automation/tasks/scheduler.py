@@ -7,6 +7,8 @@ Each schedule is an environment variable with a value ``interval:SECONDS``,
 ``SHOAL_SCHEDULE_UPDATE``  ``shoal.update`` (default ``interval:300``)
 ``SHOAL_SCHEDULE_DRIFT``   ``shoal.drift_check`` (default ``interval:300``)
 ``SHOAL_SCHEDULE_REFIT``   ``shoal.refit`` (default ``cron:0 3 * * *``)
+``SHOAL_SCHEDULE_CAMPAIGNS``  ``shoal.campaigns`` (default ``interval:60``: schedule triggers)
+``SHOAL_SCHEDULE_DISPATCH``   ``shoal.dispatch`` (default ``interval:30``: retries, quiet hours)
 
 Jobs only enqueue (``apply_async``): with a broker a worker runs them; without one they run in
 the scheduler's process, one at a time. Refits are also enqueued at once by ``shoal.update`` and
@@ -20,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +37,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from automation.config import Settings
 from automation.errors import ConfigError, ShoalError
 from automation.tasks.celery_app import ShoalCelery, make_celery
-from automation.tasks.jobs import DRIFT_CHECK, REFIT, UPDATE, enqueue
+from automation.tasks.cron import crontab_trigger
+from automation.tasks.jobs import CAMPAIGNS, DISPATCH, DRIFT_CHECK, REFIT, UPDATE, enqueue
 
 log = logging.getLogger("shoal.scheduler")
 
@@ -45,8 +47,9 @@ SCHEDULES: tuple[tuple[str, str, str, str], ...] = (
     ("update", UPDATE, "SHOAL_SCHEDULE_UPDATE", "interval:300"),
     ("drift_check", DRIFT_CHECK, "SHOAL_SCHEDULE_DRIFT", "interval:300"),
     ("refit", REFIT, "SHOAL_SCHEDULE_REFIT", "cron:0 3 * * *"),
+    ("campaigns", CAMPAIGNS, "SHOAL_SCHEDULE_CAMPAIGNS", "interval:60"),
+    ("dispatch", DISPATCH, "SHOAL_SCHEDULE_DISPATCH", "interval:30"),
 )
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 @dataclass(frozen=True)
@@ -74,32 +77,6 @@ class Schedule:
         }
 
 
-def _cron_weekday(field: str) -> str:
-    """A crontab day-of-week field (0 and 7 are Sunday) as APScheduler 3 day names.
-
-    APScheduler 3 numbers days from Monday, so numbers, ranges and steps are spelled out as
-    names: ``1-5`` -> ``mon,tue,wed,thu,fri``, ``0-6`` and ``*/2`` keep their crontab meaning.
-    Parts already written with names pass through.
-    """
-    days: list[str] = []
-    for part in field.split(","):
-        base, _, step = part.partition("/")
-        if base == "*" and not step:
-            return "*"
-        numbers = re.fullmatch(r"(\d+)(?:-(\d+))?", "0-6" if base == "*" else base)
-        if numbers is None:
-            if any(ch.isdigit() for ch in base):
-                raise ValueError(f"day of week {part!r} is not a crontab value")
-            days.append(part)  # names such as mon-fri: APScheduler reads them as crontab does
-            continue
-        first = int(numbers[1])
-        last = int(numbers[2]) if numbers[2] else (7 if step else first)
-        if not 0 <= first <= last <= 7 or (step and int(step) < 1):
-            raise ValueError(f"day of week {part!r} is out of 0-7")
-        days += [_WEEKDAYS[d] for d in range(first, last + 1, int(step or 1))]
-    return ",".join(dict.fromkeys(days))
-
-
 def parse_schedule(
     variable: str, value: str
 ) -> tuple[IntervalTrigger | CronTrigger | None, float | None]:
@@ -122,16 +99,8 @@ def parse_schedule(
         fields = spec.split()
         if len(fields) != 5:
             raise ConfigError(f"{bad} (got {len(fields)} cron fields, not 5)")
-        minute, hour, day, month, dow = fields
         try:
-            trigger = CronTrigger(
-                minute=minute,
-                hour=hour,
-                day=day,
-                month=month,
-                day_of_week=_cron_weekday(dow),
-                timezone=UTC,
-            )
+            trigger = crontab_trigger(spec, "UTC")
         except (ValueError, IndexError, TypeError) as err:
             raise ConfigError(f"{variable}={value!r}: {err}") from None
         return trigger, 3600.0
