@@ -158,7 +158,8 @@ def segments(db: str | None, as_of: str | None, as_json: bool) -> None:
 @click.option("--as-of", "as_of", default=None, help="The user's segment at this date.")
 @json_option
 def user(user_id: str, db: str | None, as_of: str | None, as_json: bool) -> None:
-    """Show a user's features, segment (now or at --as-of) and migration history."""
+    """Show a user's segment (now or at --as-of), customer-service routing, features and
+    migration history."""
     with errors(as_json):
         data = api.user(api.connect(db), user_id, as_of)
     if as_json:
@@ -171,6 +172,14 @@ def user(user_id: str, db: str | None, as_of: str | None, as_json: bool) -> None
         if seg
         else "segment: (not segmented then)"
     )
+    route = data.get("routing")
+    if route:
+        click.echo(
+            f"routing: queue {route['queue']}, priority {route['priority']} "
+            f"({route['campaign']}, since {route['since']})"
+        )
+        if route["script"]:
+            click.echo("  " + route["script"].replace("\n", "\n  "))
     for name, value in data["features"].items():
         click.echo(f"  {name:<20} {value:,.2f}")
     for h in data["history"]:

@@ -32,6 +32,7 @@ from automation.campaigns.limits import (
     failed_condition,
     holdout_draw,
     in_cooldown,
+    medium,
     quiet_until,
     sent_counts,
 )
@@ -106,7 +107,7 @@ def _decide(
     reason[(reason == "").to_numpy() & cool] = f"cooldown {spec.limits.cooldown}"
     draw = holdout_draw(spec.name, ext.reindex(users).fillna("").reset_index(drop=True))
     group = np.where(draw < spec.holdout, "holdout", "treatment").astype(object)
-    channel = spec.channel.type
+    channel = medium(spec.channel.type)  # a coupon travels by e-mail
     taken = claimed.setdefault(channel, set())
     cap = spec.limits.frequency_cap
     counts = sent_counts(conn, channel, now - duration(cap.per)) if cap is not None else {}

@@ -75,13 +75,23 @@ def in_cooldown(
     return out
 
 
+MEDIA = {"email": ("email", "coupon")}
+
+
+def medium(channel: str) -> str:
+    """What reaches the user: coupons are e-mails too (one cap, one message per run)."""
+    return "email" if channel in MEDIA["email"] else channel
+
+
 def sent_counts(conn: Connection, channel: str, since: pd.Timestamp) -> dict[int, int]:
-    """Deliveries per user on ``channel`` created after ``since`` (for frequency caps)."""
+    """Deliveries per user on ``channel``'s medium created after ``since`` (frequency caps)."""
+    kinds = MEDIA.get(medium(channel), (channel,))
+    marks = ", ".join(f":k{i}" for i in range(len(kinds)))
     frame = read_frame(
         conn,
-        "SELECT user_key, COUNT(*) AS n FROM deliveries WHERE channel = :ch AND "
+        f"SELECT user_key, COUNT(*) AS n FROM deliveries WHERE channel IN ({marks}) AND "
         "created_at > :since GROUP BY user_key",
-        {"ch": channel, "since": ts_param(conn, since)},
+        {**{f"k{i}": k for i, k in enumerate(kinds)}, "since": ts_param(conn, since)},
     )
     return dict(zip(frame["user_key"].astype("int64"), frame["n"].astype("int64"), strict=True))
 
