@@ -43,9 +43,9 @@ class Mailbox:
 
 
 @contextmanager
-def smtp_server() -> Iterator[tuple[str, Mailbox]]:
+def smtp_server(box: Mailbox | None = None) -> Iterator[tuple[str, Mailbox]]:
     """``(smtp://127.0.0.1:PORT, mailbox)`` for the duration of the block."""
-    box = Mailbox()
+    box = box or Mailbox()
     port = free_port()
     ctl = Controller(box, hostname="127.0.0.1", port=port)
     ctl.start()

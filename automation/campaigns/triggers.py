@@ -9,8 +9,8 @@ keeps it to one decision:
 - ``segment_event``: ``Segment Born`` / ``Drifted`` / ... rows; the segment's current members;
 - ``feature``: current members (of the segment, if given) whose feature crosses the threshold;
   the occurrence is the user's latest activity, so one quiet spell fires once;
-- ``schedule``: the newest cron fire time not after now (and after the campaign was loaded);
-  every member of the segment (or every user) at that time.
+- ``schedule``: the newest cron fire time not after now (live, not before the campaign was
+  loaded); every member of the segment (or every user) at that time.
 """
 
 from __future__ import annotations
@@ -150,7 +150,9 @@ def occurrences(
         )
     assert t.schedule is not None
     fire = last_fire_time(t.schedule.cron, t.schedule.timezone, now)
-    if fire is None or fire < loaded_at:
+    # Live, a campaign starts when it is loaded (no slot from before then fires at once); a
+    # replay of the past (``now`` before loading) takes the newest slot.
+    if fire is None or (fire < loaded_at <= now):
         return _empty()
     seg = live.segment_id(t.schedule.segment)
     pool = live.members if seg is None else live.members[live.members["segment_id"] == seg]
