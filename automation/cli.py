@@ -19,7 +19,7 @@ from tqdm import tqdm
 from automation import api
 from automation.cli_support import errors
 from automation.errors import InputError
-from automation.report.text import segment_table
+from automation.report.text import campaign_text, segment_table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -326,9 +326,15 @@ def quarantine(db: str | None, samples: int, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @json_option
 def demo(db: str | None, report: str, seed: int, as_json: bool) -> None:
-    """Replay the bundled Online Retail year month by month: segments, migrations, report."""
+    """Replay the bundled Online Retail year month by month: segments, migrations, report,
+    and one example campaign per channel (e-mail, coupon, routing, webhook, export)."""
+    from automation.campaigns.demo import load_examples, run_examples
     from automation.report.html import write_report
     from automation.report.replay import replay_months, replay_text
+
+    def campaigns_before_the_last_months(month: str, left: int) -> None:
+        if left == 2:  # the last two months' segment changes trigger the example campaigns
+            load_examples(engine)
 
     with errors(as_json):
         engine = api.connect(db)
@@ -337,14 +343,25 @@ def demo(db: str | None, report: str, seed: int, as_json: bool) -> None:
         )
         with bar:
             replay = replay_months(
-                engine, api.BUNDLED_ONLINE_RETAIL, seed=seed, progress=_counter(bar)
+                engine,
+                api.BUNDLED_ONLINE_RETAIL,
+                seed=seed,
+                progress=_counter(bar),
+                before_month=campaigns_before_the_last_months,
             )
         current = api.segments(engine)
         write_report(replay.refit, report, replay=replay, current=current)
+        camp = run_examples(engine, Path(report).resolve().parent / "demo-campaigns")
     ing = replay.ingest.to_dict()
     if as_json:
         _print_json(
-            {"ingest": ing, "segmentation": current, "months": replay.months, "report": report}
+            {
+                "ingest": ing,
+                "segmentation": current,
+                "months": replay.months,
+                "campaigns": camp,
+                "report": report,
+            }
         )
         return
     click.echo(
@@ -355,6 +372,7 @@ def demo(db: str | None, report: str, seed: int, as_json: bool) -> None:
     if replay.refit.k_selection:
         click.echo(f"\nK at the warm-up refit: {replay.refit.k_selection['reason']}")
     click.echo("\n" + replay_text(replay, replay.names))
+    click.echo("\n" + campaign_text(camp))
     click.echo(f"\nreport: {Path(report).resolve()}")
 
 

@@ -53,10 +53,18 @@ def message_id(key: str) -> str:
 def send_email(
     smtp_url: str, to: str, payload: dict[str, Any], key: str, timeout: float = 10.0
 ) -> None:
-    """One multipart (plain text + HTML) message over SMTP (``smtp://host:port``)."""
+    """One multipart (plain text + HTML) message over SMTP (``smtp://host:port``).
+
+    ``file:///DIR`` writes the message to ``DIR/<message id>.eml`` instead (development and the
+    demo): the same delivery always lands in the same file.
+    """
     url = urlsplit(smtp_url)
-    if url.scheme not in ("smtp", "smtps") or not url.hostname:
-        raise ConfigError(f"SHOAL_SMTP_URL={smtp_url!r} should look like smtp://host:port")
+    if url.scheme == "file":
+        folder = Path(url.netloc + url.path)
+    elif url.scheme not in ("smtp", "smtps") or not url.hostname:
+        raise ConfigError(
+            f"SHOAL_SMTP_URL={smtp_url!r} should look like smtp://host:port or file:///folder"
+        )
     msg = EmailMessage()
     msg["Subject"] = payload.get("subject", "")
     msg["From"] = payload.get("from", "shop@example.com")
@@ -66,9 +74,17 @@ def send_email(
     msg.set_content(payload.get("text", ""))
     if payload.get("html"):
         msg.add_alternative(payload["html"], subtype="html")
+    if url.scheme == "file":
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            name = hashlib.sha256(key.encode()).hexdigest()[:32]
+            (folder / f"{name}.eml").write_bytes(bytes(msg))
+        except OSError as exc:
+            raise SendError(f"{folder}: {exc}") from None
+        return
     try:
         cls = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP
-        with cls(url.hostname, url.port or 25, timeout=timeout) as smtp:
+        with cls(url.hostname or "", url.port or 25, timeout=timeout) as smtp:
             if url.username:
                 smtp.login(url.username, url.password or "")
             smtp.send_message(msg)

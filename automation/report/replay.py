@@ -53,8 +53,13 @@ def replay_months(
     warmup: int = 3,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    before_month: Callable[[str, int], None] | None = None,
 ) -> Replay:
-    """Ingest ``warmup`` months and refit, then ingest and update one month at a time."""
+    """Ingest ``warmup`` months and refit, then ingest and update one month at a time.
+
+    ``before_month(month, months_left)`` runs before each update (the demo loads its
+    campaigns there, so the last months' segment changes trigger them).
+    """
     total = IngestReport()
     with tempfile.TemporaryDirectory() as tmp:
         months = split_by_month(path, date_column, Path(tmp))
@@ -72,7 +77,10 @@ def replay_months(
                 "transitions": [],
             }
         )
-        for key, file in months[warmup:]:
+        rest = months[warmup:]
+        for n, (key, file) in enumerate(rest):
+            if before_month is not None:
+                before_month(key, len(rest) - n)
             out = api.update(engine, [file], preset)
             total.add(_report(out["ingest"]))
             if progress is not None:

@@ -37,3 +37,30 @@ def segment_table(data: dict[str, Any]) -> str:
         )
     lines.append("(profile columns are segment medians: days, orders, net spend, spend per order)")
     return "\n".join(lines)
+
+
+def campaign_text(data: dict[str, Any]) -> str:
+    """The demo's campaigns: decisions and deliveries per campaign, and one rendered e-mail."""
+    lines = [f"Campaigns (examples/campaigns/, decided at {data['at'][:16]}):"]
+    lines.append(
+        f"  {'campaign':<22} {'trigger':<9} {'channel':<8} {'fired':>6} {'treated':>8} "
+        f"{'held out':>9} {'suppressed':>11} {'queued':>7}"
+    )
+    for c in data["campaigns"]:
+        lines.append(
+            f"  {c['campaign']:<22} {c['trigger']:<9} {c['channel']:<8} {c['occurrences']:>6} "
+            f"{c['treatment']:>8} {c['holdout']:>9} {c['suppressed']:>11} {c['queued']:>7}"
+        )
+    d = data["dispatch"]
+    lines.append(
+        f"  dispatched: {d['sent']} sent, {d['retried']} retrying, {d['dead']} dead; CRM webhook "
+        f"received {data['crm']['posts']} posts, {data['crm']['verified']} with a valid signature"
+    )
+    if data.get("routed_user"):
+        lines.append(f"  routing: try `shoal user {data['routed_user']}` for a routed caller")
+    mail = data.get("email")
+    if mail:
+        lines.append(f"\nOne rendered e-mail ({mail['file']}; HTML: {mail['html_file']}):")
+        lines.append(f"  To: {mail['to']}\n  Subject: {mail['subject']}\n")
+        lines += ["  " + line for line in mail["text"].strip().splitlines()]
+    return "\n".join(lines)
