@@ -249,10 +249,32 @@ def test_campaigns_end_to_end(
 
     # coupons: unique, redeemable once, then a conversion in the uplift
     assert len(coupon_codes) == len(set(coupon_codes))
-    if coupon_codes:
-        assert campaigns.redeem(engine, coupon_codes[0])["used"] == 1
-        with pytest.raises(InputError, match="used up"):
-            campaigns.redeem(engine, coupon_codes[0])
+    assert len(coupon_codes) >= 2
+    assert campaigns.redeem(engine, coupon_codes[0])["used"] == 1
+    with pytest.raises(InputError, match="used up"):
+        campaigns.redeem(engine, coupon_codes[0])
+    # a redemption that comes back as an event: a purchase carrying the code
+    code = coupon_codes[1]
+    with engine.connect() as conn:
+        owner = conn.execute(
+            text(
+                "SELECT u.external_id FROM coupons c JOIN users u ON u.id = c.user_key "
+                "WHERE c.code = :c"
+            ),
+            {"c": code},
+        ).scalar()
+    at = pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=1)  # before the coupon expires
+    redemption = write(
+        tmp_path / "redeem.csv",
+        "user_id,type,timestamp,item_id,quantity,price,order_id,coupon\n"
+        f"{owner},purchase,{at.isoformat()},i-1,1,9.5,o-r1,{code}\n"
+        f"{owner},purchase,{at.isoformat()},i-2,1,3.5,o-r1,{code}\n",
+    )
+    assert api.ingest(engine, [redemption]).accepted == 2
+    api.ingest(engine, [redemption])  # again: duplicates, no second redemption
+    with engine.connect() as conn:
+        used = conn.execute(text("SELECT used FROM coupons WHERE code = :c"), {"c": code})
+        assert used.scalar() == 1
     up = campaigns.uplift(engine, "picked", "30d")
     assert up["overall"]["treated"] == email["treatment"]
     # routing: the support lookup answers with the queue and the rendered script
@@ -327,3 +349,61 @@ def test_campaign_commands(shop: dict[str, Any], tmp_path: Path) -> None:
     assert runner.invoke(main, ["deliveries", *db, "--json"]).exit_code == 0
     bad = runner.invoke(main, ["redeem", "NOPE", *db])
     assert bad.exit_code == 1 and "no coupon" in bad.output
+
+
+def test_feature_migrated_and_schedule_triggers_with_cooldown(
+    engine: Engine, shop: dict[str, Any], tmp_path: Path
+) -> None:
+    api.update(engine, [shop["base"]])
+    segs = [s["id"] for s in api.segments(engine)["segments"]]
+    export = tmp_path / "x.csv"
+    for a in segs:  # every ordered pair of segments: the update's moves decide which fire
+        for b in segs:
+            if a != b:
+                campaigns.load(
+                    engine,
+                    write(
+                        tmp_path / f"mig-{a}-{b}.yaml",
+                        f"name: mig-{a}-{b}\ntrigger: {{migrated: {{from: {a}, to: {b}}}}}\n"
+                        f"holdout: 0\nchannel: {{type: export, path: '{export}'}}\n",
+                    ),
+                )
+    campaigns.load(
+        engine,
+        write(
+            tmp_path / "quiet.yaml",
+            f"name: quiet\ntrigger: {{feature: {{segment: {segs[0]}, feature: recency_days, "
+            f"op: '>', value: 3}}}}\nholdout: 0\nchannel: {{type: export, path: '{export}'}}\n",
+        ),
+    )
+    campaigns.load(
+        engine,
+        write(
+            tmp_path / "hourly.yaml",
+            "name: hourly\ntrigger: {schedule: {cron: '0 * * * *'}}\nholdout: 0\n"
+            f"limits: {{cooldown: 2h}}\nchannel: {{type: export, path: '{export}'}}\n",
+        ),
+    )
+    api.update(engine, [shop["later"]], refit_on_drift=False)
+    with engine.connect() as conn:
+        moves = conn.execute(
+            text(
+                "SELECT COUNT(*) FROM segment_migrations WHERE from_segment IS NOT NULL "
+                "AND from_segment <> to_segment"
+            )
+        ).scalar()
+    when = pd.Timestamp("2024-01-31 09:30", tz="UTC")  # a replay clock, before loading
+    first = {c["campaign"]: c for c in campaigns.run(engine, now=when).campaigns}
+    migrated = sum(c["occurrences"] for n, c in first.items() if n.startswith("mig-"))
+    assert moves and migrated == moves  # each move between segments fires its pair once
+    assert first["quiet"]["occurrences"] > 0
+    assert first["hourly"]["treatment"] > 0
+    later = pd.Timestamp("2024-01-31 10:30", tz="UTC")
+    second = {c["campaign"]: c for c in campaigns.run(engine, now=later).campaigns}
+    assert second["quiet"]["occurrences"] == 0  # the same quiet spell does not fire again
+    assert second["hourly"]["occurrences"] == first["hourly"]["occurrences"]  # a new slot...
+    assert second["hourly"]["suppressed"] == second["hourly"]["occurrences"]  # ...in cooldown
+    third = {
+        c["campaign"]: c for c in campaigns.run(engine, now=later + pd.Timedelta(hours=2)).campaigns
+    }
+    assert third["hourly"]["treatment"] == first["hourly"]["treatment"]  # cooldown over

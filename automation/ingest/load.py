@@ -53,16 +53,19 @@ EVENT_COLUMNS = (
     "order_id",
     "batch_id",
 )
+# The stage holds the events' columns and the coupon code (redemptions, not stored in events).
+STAGE_COLUMNS = (*EVENT_COLUMNS, "coupon")
 _STAGE_SQL = {
     "postgresql": "event_id uuid, user_key bigint, type varchar(10), ts timestamptz, "
     "item_key bigint, category varchar(200), quantity float8, price float8, revenue float8, "
-    "rating float8, session_id varchar(200), order_id varchar(200), batch_id integer",
+    "rating float8, session_id varchar(200), order_id varchar(200), batch_id integer, "
+    "coupon varchar(200)",
     "sqlite": "event_id BLOB, user_key INTEGER, type TEXT, ts TEXT, item_key INTEGER, "
     "category TEXT, quantity REAL, price REAL, revenue REAL, rating REAL, session_id TEXT, "
-    "order_id TEXT, batch_id INTEGER",
+    "order_id TEXT, batch_id INTEGER, coupon TEXT",
 }
 # Stage columns the helper thread can encode before the database assigns keys.
-HEAD_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in ("user_key", "item_key", "batch_id"))
+HEAD_COLUMNS = tuple(c for c in STAGE_COLUMNS if c not in ("user_key", "item_key", "batch_id"))
 STAGE_TYPES = {
     "event_id": "uuid",
     "user_key": "int8",
@@ -77,6 +80,7 @@ STAGE_TYPES = {
     "session_id": "text",
     "order_id": "text",
     "batch_id": "int4",
+    "coupon": "text",
 }
 _KEYS_SQL = {
     "postgresql": "external_id varchar(200), name text, category varchar(200), price float8, "
@@ -224,7 +228,7 @@ def prepare_batch(acc: pd.DataFrame, non_product: object | None, binary: bool = 
     prep = Prepared(acc, ids, _min_id(ids), int(dup_in_batch.sum()), users, items, order)
     if binary:
         head = {c: _stage_value(prep, c) for c in HEAD_COLUMNS}
-        prep.head = Encoder(head, STAGE_TYPES, fields=len(EVENT_COLUMNS)).chunks()
+        prep.head = Encoder(head, STAGE_TYPES, fields=len(STAGE_COLUMNS)).chunks()
     return prep
 
 
@@ -290,7 +294,7 @@ def load_batch(conn: Connection, prep: Prepared, batch_id: int) -> Loaded:
             head = Encoder(
                 {c: _stage_value(prep, c) for c in HEAD_COLUMNS},
                 STAGE_TYPES,
-                fields=len(EVENT_COLUMNS),
+                fields=len(STAGE_COLUMNS),
             ).chunks()
         body = join_rows(head, Encoder(tail, STAGE_TYPES, fields=0))
         copy_binary(conn, "_stage_events", [*HEAD_COLUMNS, *tail], body)
@@ -315,7 +319,23 @@ def load_batch(conn: Connection, prep: Prepared, batch_id: int) -> Loaded:
             f"concurrent writer: staged {len(acc) - dup_stored} events, inserted {inserted}"
         )
     fold_into_aggregates(conn, "_stage_events")
+    redeem_coupons(conn, "_stage_events")
     return Loaded(inserted, prep.dup_in_batch + dup_stored)
+
+
+def redeem_coupons(conn: Connection, source: str) -> None:
+    """Count new purchases that carry a campaign coupon code as its redemptions.
+
+    Only purchases at or before the coupon's expiry count, and never beyond its usage limit.
+    """
+    conn.execute(
+        text(
+            "UPDATE coupons SET used = CASE WHEN used + r.n > usage_limit THEN usage_limit "
+            "ELSE used + r.n END FROM (SELECT coupon, COUNT(DISTINCT order_id) AS n, "
+            f"MIN(ts) AS first_ts FROM {source} WHERE coupon IS NOT NULL AND type = 'purchase' "
+            "GROUP BY coupon) r WHERE coupons.code = r.coupon AND r.first_ts <= coupons.expires_at"
+        )
+    )
 
 
 _QUARANTINE_SQL = {

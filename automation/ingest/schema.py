@@ -3,7 +3,8 @@
 A canonical event has ``event_id``, ``user_id`` (required), ``type`` (required; one of
 :data:`EVENT_TYPES`), ``timestamp`` (required; ISO 8601 or epoch seconds/milliseconds, stored as
 UTC), ``item_id``, ``item_name``, ``category``, ``quantity``, ``price`` (unit), ``revenue`` (line
-total), ``rating``, ``session_id`` and ``order_id``.
+total), ``rating``, ``session_id``, ``order_id`` and ``coupon`` (a campaign coupon code used
+on a purchase: it counts as a redemption, see :mod:`automation.campaigns`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ CANONICAL_FIELDS: tuple[str, ...] = (
     "rating",
     "session_id",
     "order_id",
+    "coupon",
 )
 REQUIRED_FIELDS: tuple[str, ...] = ("user_id", "type", "timestamp")
 NUMERIC_FIELDS: tuple[str, ...] = ("quantity", "price", "revenue", "rating")
@@ -79,6 +81,7 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "rating": ("rating", "stars", "score"),
     "session_id": ("session_id", "sessionid", "session", "user_session"),
     "order_id": ("order_id", "orderid", "invoice", "invoiceno", "transaction_id"),
+    "coupon": ("coupon", "coupon_code", "coupon_id", "promo_code"),
 }
 
 

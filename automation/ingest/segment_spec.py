@@ -64,6 +64,7 @@ def _flatten_segment(msg: Row) -> list[Outcome]:
         "timestamp": msg.get("timestamp") or msg.get("originalTimestamp") or msg.get("sentAt"),
         "session_id": props.get("session_id") or _dict(msg.get("context")).get("session_id"),
         "order_id": props.get("order_id") or props.get("checkout_id"),
+        "coupon": props.get("coupon") or props.get("coupon_id"),
         "rating": props.get("rating"),
         "revenue": props.get("revenue"),
     }

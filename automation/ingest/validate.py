@@ -19,7 +19,7 @@ import pandas as pd
 from automation.ingest.schema import MAX_TEXT, NUMERIC_FIELDS, TYPE_ALIASES
 from models.events import EVENT_TYPES
 
-TEXT_FIELDS = ("event_id", "user_id", "item_id", "category", "session_id", "order_id")
+TEXT_FIELDS = ("event_id", "user_id", "item_id", "category", "session_id", "order_id", "coupon")
 MIN_TIME = pd.Timestamp("1990-01-01", tz="UTC")
 _OFFSET = r"(?:[zZ]|[+-]\d\d(?::?\d\d)?)$"
 _NUMBER = r"-?\d+(?:\.\d+)?"
@@ -213,6 +213,7 @@ def validate(
     out["rating"] = nums["rating"]
     out["session_id"] = texts["session_id"]
     out["order_id"] = texts["order_id"]
+    out["coupon"] = texts["coupon"]
     rejected = pd.DataFrame(
         {"row": np.flatnonzero(~ok), "reason": f.reason[~ok], "detail": f.detail[~ok]}
     )
