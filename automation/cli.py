@@ -429,12 +429,14 @@ def simulate(
 
 
 from automation.campaigns.cli_commands import COMMANDS as CAMPAIGN_COMMANDS  # noqa: E402
+from automation.service.cli_commands import serve  # noqa: E402
 from automation.tasks.cli_commands import scheduler, worker  # noqa: E402
 
 main.add_command(worker)
 main.add_command(scheduler)
 for _command in CAMPAIGN_COMMANDS:
     main.add_command(_command)
+main.add_command(serve)
 
 
 # ---------------------------------------------------------------------------- recommendations

@@ -55,6 +55,13 @@ def _int_env(env: dict[str, str], key: str, default: int) -> int:
         raise ConfigError(f"{key}={raw!r} should be an integer") from None
 
 
+def _choice(env: dict[str, str], key: str, allowed: tuple[str, ...], default: str) -> str:
+    raw = (env.get(key) or default).strip().lower()
+    if raw not in allowed:
+        raise ConfigError(f"{key}={raw!r} should be one of {', '.join(allowed)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -63,6 +70,10 @@ class Settings:
     future_tolerance_hours: int = 24
     smtp_url: str = "smtp://127.0.0.1:1025"
     email_address: str = "{user_id}@customers.example.com"
+    api_token: str = ""
+    api_reads: str = "open"
+    pseudonym_key: str = ""
+    fold_seconds: float = 1.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -77,6 +88,10 @@ class Settings:
             "future_tolerance_hours": _int_env(e, "SHOAL_FUTURE_TOLERANCE_HOURS", 24),
             "smtp_url": e.get("SHOAL_SMTP_URL") or cls.smtp_url,
             "email_address": e.get("SHOAL_EMAIL_ADDRESS") or cls.email_address,
+            "api_token": e.get("SHOAL_API_TOKEN", ""),
+            "api_reads": _choice(e, "SHOAL_API_READS", ("open", "token"), "open"),
+            "pseudonym_key": e.get("SHOAL_PSEUDONYM_KEY", ""),
+            "fold_seconds": float(_int_env(e, "SHOAL_FOLD_MS", 1000)) / 1000.0,
         }
         for key, value in overrides.items():
             if value is not None:

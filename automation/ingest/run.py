@@ -19,6 +19,7 @@ from automation.config import Settings
 from automation.errors import EmptyInputError
 from automation.ingest.load import Prepared, load_batch, prepare_batch, store_quarantine
 from automation.ingest.mapping import ColumnPlan, parse_pairs, plan_columns, preset_named
+from automation.ingest.pseudonym import pseudonymise
 from automation.ingest.readers import RawBatch, detect_format, read_file
 from automation.ingest.validate import validate
 from automation.store.locks import acquire_lock
@@ -113,6 +114,10 @@ def prepare_block(
     checked = validate(
         canonical, plan.timezone, now, pd.Timedelta(hours=settings.future_tolerance_hours)
     )
+    if settings.pseudonym_key:
+        checked.accepted["user_id"] = pseudonymise(
+            settings.pseudonym_key, checked.accepted["user_id"]
+        )
     rej = checked.rejected
     q_rows = rej["row"].to_numpy()
     n_q = len(rej) + len(raw.rejects)
@@ -126,7 +131,9 @@ def prepare_block(
         "reason": pd.Series([*rej["reason"], *(r.reason for r in raw.rejects)], dtype="object"),
         "detail": pd.Series([*rej["detail"], *(r.detail for r in raw.rejects)], dtype="object"),
         "raw": pd.Series(
-            [*_raw_text(raw.frame, q_rows, origin.fmt), *(r.raw for r in raw.rejects)],
+            ["(withheld: user ids are pseudonymised)"] * n_q
+            if settings.pseudonym_key
+            else [*_raw_text(raw.frame, q_rows, origin.fmt), *(r.raw for r in raw.rejects)],
             dtype="object",
         ),
     }

@@ -1,0 +1,77 @@
+"""``create_app(settings)``: the FastAPI application; resources open in its lifespan.
+
+Routers by role: ``routes_ingest`` (Segment-compatible writes), ``routes_read`` (support tools,
+marketers), ``routes_admin`` (refresh, erasure, health, metrics), ``routes_dashboard`` (the
+dashboard at ``/``). Errors share one JSON shape (:mod:`automation.service.errors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from automation.config import Settings
+from automation.service import errors
+from automation.service.folder import Folder
+from automation.service.state import ServiceState
+from automation.store.db import open_store
+
+log = logging.getLogger("shoal.service")
+
+
+def create_app(settings: Settings | None = None, background: bool = True) -> FastAPI:
+    """The service for ``settings`` (default: the environment).
+
+    ``background`` runs the loop that folds events in and refits the recommender; without a
+    broker it also runs the incremental updates (the embedded default).
+    """
+    chosen = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ServiceState(open_store(chosen.database_url), chosen)
+        app.state.shoal = state
+        folder = Folder(state, embedded=not chosen.broker_url)
+        if background:
+            folder.start()
+        try:
+            yield
+        finally:
+            if background:
+                folder.stop()
+            state.engine.dispose()
+
+    from automation.service import routes_admin, routes_dashboard, routes_ingest, routes_read
+
+    app = FastAPI(
+        title="Shoal",
+        summary="Behavioural segments, recommendations and campaigns for e-commerce.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(routes_ingest.router)
+    app.include_router(routes_read.router)
+    app.include_router(routes_admin.router)
+    app.include_router(routes_dashboard.router)
+
+    @app.middleware("http")
+    async def timing(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        state = getattr(request.app.state, "shoal", None)
+        if state is not None:
+            state.metrics.requests.labels(request.method, path, str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
+        return response
+
+    return app

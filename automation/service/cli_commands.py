@@ -1,0 +1,44 @@
+"""``shoal serve``: the HTTP service (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+
+import click
+
+from automation.cli_support import errors
+from automation.config import Settings
+
+
+@click.command()
+@click.option(
+    "--db",
+    "db",
+    default=None,
+    metavar="URL",
+    help="SQLAlchemy URL or SQLite path (default: $SHOAL_DATABASE_URL or sqlite:///shoal.db).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--json", "as_json", is_flag=True, help="Print start-up errors as JSON.")
+def serve(db: str | None, host: str, port: int, as_json: bool) -> None:
+    """Serve the API (Segment-compatible ingest, user and segment lookups, recommendations,
+    campaigns, erasure, /metrics) and the dashboard at /; OpenAPI at /docs.
+
+    Writes and admin calls need `Authorization: Bearer $SHOAL_API_TOKEN` (without it, a token
+    is generated and printed); reads too with SHOAL_API_READS=token.
+    """
+    with errors(as_json):
+        import uvicorn
+
+        from automation.service.app import create_app
+
+        settings = Settings.from_env(database_url=db)
+        if not settings.api_token:
+            settings = replace(settings, api_token=secrets.token_urlsafe(24))
+            click.echo(
+                f"SHOAL_API_TOKEN is not set; the API token for this run: {settings.api_token}",
+                err=True,
+            )
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

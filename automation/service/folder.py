@@ -1,0 +1,91 @@
+"""The service's background loop: fold accepted events in, keep the recommender current.
+
+Every ``SHOAL_FOLD_MS`` (default 1 s), or at once when an ingest request wakes it:
+
+- with the embedded default (no broker), pending ingest batches are folded into the live
+  segmentation (``run_update``; the first fit when there is none yet), then the campaigns run;
+  with a broker, the API enqueues ``shoal.update`` instead and the workers do it;
+- when the store changed (a new ingest batch or segmentation version), the recommender is
+  refitted from the store and swapped in: requests never train.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from sqlalchemy import text
+
+from automation.errors import EmptyStoreError, ShoalError
+from automation.service.state import ServiceState
+
+log = logging.getLogger("shoal.service.folder")
+
+
+def store_mark(state: ServiceState) -> tuple[int, int]:
+    """(newest finished ingest batch, newest segmentation version)."""
+    with state.engine.connect() as conn:
+        batch = conn.execute(
+            text("SELECT COALESCE(MAX(id), 0) FROM ingest_batches WHERE finished_at IS NOT NULL")
+        ).scalar()
+        version = conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM segmentations")).scalar()
+    return int(batch or 0), int(version or 0)
+
+
+def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
+    """One pass; returns what it did (for tests and logs)."""
+    from automation import api
+    from automation.campaigns import service as campaigns
+
+    did: dict[str, Any] = {}
+    if embedded:
+        try:
+            out = api.update(state.engine, settings=state.settings)
+        except EmptyStoreError:
+            out = {}
+        if out.get("version") or out.get("refit"):
+            did["update"] = out.get("version") or out["refit"]["version"]
+            state.metrics.folds.inc()
+            try:
+                did["campaigns"] = [c["queued"] for c in campaigns.run(state.engine).campaigns]
+            except ShoalError as err:
+                log.warning("campaigns: %s", err)
+    mark = store_mark(state)
+    current = state.recommender
+    if mark[1] and (current is None or current[2] != mark):
+        from automation.recommend.service import fit_from_store
+
+        rec, segments = fit_from_store(state.engine, "hybrid")
+        with state.lock:
+            state.recommender = (rec, segments, mark)
+        did["recommender"] = mark
+    return did
+
+
+class Folder:
+    def __init__(self, state: ServiceState, embedded: bool) -> None:
+        self.state = state
+        self.embedded = embedded
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="shoal-folder", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.state.wake.set()
+        self.thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                fold_once(self.state, self.embedded)
+            except ShoalError as err:
+                log.warning("fold: %s", err)
+            except Exception:  # noqa: BLE001 - the loop must survive a failed pass
+                self.state.metrics.fold_errors.inc()
+                log.exception("fold failed; retrying at the next tick")
+            self.state.wake.wait(self.state.settings.fold_seconds)
+            self.state.wake.clear()

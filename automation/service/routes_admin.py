@@ -1,0 +1,52 @@
+"""Admin and operations: refresh, erasure, health, Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from automation.service.deps import get_state, stored_id, write_access
+from automation.service.state import ServiceState
+from automation.store.erase import erase_user
+
+router = APIRouter(tags=["admin"])
+
+
+@router.post("/v1/refresh", status_code=202)
+def refresh(state: ServiceState = Depends(write_access)) -> dict[str, Any]:
+    """Fold pending events and refit the recommender now, in the background."""
+    state.recommender = None if state.recommender is None else state.recommender
+    state.wake.set()
+    return {"status": "scheduled"}
+
+
+@router.delete("/v1/users/{user_id}")
+def erase(user_id: str, state: ServiceState = Depends(write_access)) -> dict[str, Any]:
+    """Erase a user: every row about them, their share of the segment statistics; the
+    recommender is refitted without them in the background."""
+    removed = erase_user(state.engine, stored_id(state, user_id))
+    with state.lock:
+        state.recommender = None  # never serve factors that still hold the erased user
+    state.wake.set()
+    return {"user_id": user_id, "erased": True, "rows": removed}
+
+
+@router.get("/healthz")
+def healthz(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
+    """Liveness and the store's reachability."""
+    with state.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return {
+        "status": "ok",
+        "database": state.engine.dialect.name,
+        "recommender_ready": state.recommender is not None,
+    }
+
+
+@router.get("/metrics")
+def metrics(state: ServiceState = Depends(get_state)) -> Response:
+    """Prometheus text format: request latencies, events by outcome, background folds."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,60 @@
+"""What the service holds while it runs: the store, the settings, metrics, the recommender.
+
+Opened in the app's lifespan, never at import. The recommender is fitted in the background
+(:mod:`automation.service.folder`), never inside a request; requests read the newest one.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from sqlalchemy import Engine
+
+from automation.config import Settings
+
+
+class Metrics:
+    """Prometheus metrics in a registry of this app (no process-global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Histogram(
+            "shoal_request_seconds",
+            "HTTP request latency by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.events = Counter(
+            "shoal_events_total",
+            "Events received by the API, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.folds = Counter(
+            "shoal_folds_total",
+            "Background folds (updates) run by the service",
+            registry=self.registry,
+        )
+        self.fold_errors = Counter(
+            "shoal_fold_errors_total", "Background folds that failed", registry=self.registry
+        )
+
+
+@dataclass
+class ServiceState:
+    engine: Engine
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    token: str = ""
+    recommender: Any = None  # (Recommender, SegmentMap, store mark) once fitted
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    wake: threading.Event = field(default_factory=threading.Event)
+    celery: Any = None  # the Celery app, made on first use when a broker is configured
+
+    def __post_init__(self) -> None:
+        self.token = self.settings.api_token or secrets.token_urlsafe(24)

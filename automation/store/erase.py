@@ -1,0 +1,124 @@
+"""Erasure of one user (a data-subject request): every row about them, and their contribution.
+
+Removed in one transaction, under the ingest lock: the user's events, running aggregates
+(``user_stats``, ``user_orders``, ``user_items``, ``user_categories``, ``batch_users``),
+memberships, migrations, segment-change outbox events, campaign decisions, deliveries, coupons,
+routing, quarantined rows that name them, the user row itself, and their row in the newest
+feature snapshot. Their contribution to segment statistics is taken out: each segment's
+``size`` (and ``share``) in every version they were counted in, and the live segment state's
+weight. Recommendation factors are refitted from the store by the next refresh, which no longer
+holds any of their events.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from sqlalchemy import Connection, Engine, text
+
+from automation.errors import NotFoundError
+from automation.store.history import resolve_user
+from automation.store.locks import acquire_lock
+
+#: Tables keyed by ``user_key`` that hold nothing but rows about one user each.
+USER_TABLES = (
+    "events",
+    "user_stats",
+    "user_orders",
+    "user_items",
+    "user_categories",
+    "batch_users",
+    "segment_migrations",
+    "outbox",
+    "campaign_decisions",
+    "deliveries",
+    "coupons",
+    "routing",
+)
+
+
+def _segment_counts(conn: Connection, user_key: int) -> list[tuple[int, str]]:
+    """(version, segment id) for every version that counted the user in a segment."""
+    out = []
+    for version in conn.execute(text("SELECT id, base_id FROM segmentations")).all():
+        seg = resolve_user(conn, version, user_key)
+        if seg is not None:
+            out.append((int(version.id), seg))
+    return out
+
+
+def _drop_from_snapshot(conn: Connection, user_key: int) -> None:
+    row = conn.execute(
+        text("SELECT version_id, data FROM feature_snapshots ORDER BY version_id DESC LIMIT 1")
+    ).first()
+    if row is None:
+        return
+    z = np.load(io.BytesIO(bytes(row[1])), allow_pickle=False)
+    keys = z["user_keys"]
+    keep = keys != user_key
+    if keep.all():
+        return
+    arrays = {name: z[name] for name in z.files}
+    for name in ("user_keys", "values", "labels"):
+        if name in arrays:
+            arrays[name] = arrays[name][keep]
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    conn.execute(
+        text("UPDATE feature_snapshots SET data = :d WHERE version_id = :v"),
+        {"d": buf.getvalue(), "v": row[0]},
+    )
+
+
+def erase_user(engine: Engine, external_id: str) -> dict[str, int]:
+    """Erase ``external_id``; returns rows removed per table. NotFoundError if unknown."""
+    removed: dict[str, int] = {}
+    with engine.begin() as conn:
+        acquire_lock(conn, "ingest")
+        key = conn.execute(
+            text("SELECT id FROM users WHERE external_id = :x"), {"x": external_id}
+        ).scalar()
+        if key is None:
+            raise NotFoundError(f"no user {external_id!r} in the store")
+        user_key = int(key)
+        counted = _segment_counts(conn, user_key)
+        for seg_version, seg_id in counted:
+            conn.execute(
+                text(
+                    "UPDATE segments SET size = size - 1 WHERE segmentation_id = :v "
+                    "AND segment_id = :s AND size > 0"
+                ),
+                {"v": seg_version, "s": seg_id},
+            )
+        state = max(counted)[1] if counted else None  # their segment in the newest version
+        if state is not None:
+            conn.execute(
+                text(
+                    "UPDATE segment_state SET weight = CASE WHEN weight > 1 THEN weight - 1 "
+                    "ELSE 0 END WHERE segment_id = :s"
+                ),
+                {"s": str(state)},
+            )
+        removed["memberships"] = conn.execute(
+            text("DELETE FROM memberships WHERE user_key = :u"), {"u": user_key}
+        ).rowcount
+        for table in USER_TABLES:
+            removed[table] = conn.execute(
+                text(f"DELETE FROM {table} WHERE user_key = :u"), {"u": user_key}
+            ).rowcount
+        removed["quarantine"] = conn.execute(
+            text("DELETE FROM quarantine WHERE raw LIKE :p"), {"p": f"%{external_id}%"}
+        ).rowcount
+        _drop_from_snapshot(conn, user_key)
+        conn.execute(
+            text(
+                "UPDATE segments SET share = CAST(size AS FLOAT) / "
+                "(SELECT CASE WHEN SUM(s2.size) > 0 THEN SUM(s2.size) ELSE 1 END "
+                "FROM segments s2 WHERE s2.segmentation_id = segments.segmentation_id)"
+            )
+        )
+        removed["users"] = conn.execute(
+            text("DELETE FROM users WHERE id = :u"), {"u": user_key}
+        ).rowcount
+    return {k: v for k, v in removed.items() if v}

@@ -1,0 +1,228 @@
+"""The HTTP service through FastAPI's TestClient (lifespan, background loop and all), on SQLite
+and PostgreSQL: ingest, reads, auth, one error shape, erasure, dashboard data, metrics."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, inspect, text
+
+from automation import api
+from automation.config import Settings
+from automation.service import create_app
+from automation.simulate import simulate
+from automation.store.db import open_store
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+START = pd.Timestamp("2024-01-01", tz="UTC")
+
+
+@pytest.fixture
+def shop_files(tmp_path: Path) -> dict[str, Any]:
+    sim = simulate(n_users=1500, days=25, seed=4, target_events=40_000)
+    path = tmp_path / "shop.csv"
+    sim.events.to_csv(path, index=False)
+    return {"path": path, "events": sim.events, "items": sim.items}
+
+
+@pytest.fixture
+def client(db_url: str, shop_files: dict[str, Any]) -> Iterator[TestClient]:
+    engine = open_store(db_url)
+    api.ingest(engine, [shop_files["path"]])
+    api.segment(engine, k="3")
+    engine.dispose()
+    settings = Settings(database_url=db_url, api_token=TOKEN, fold_seconds=0.2)
+    with TestClient(create_app(settings)) as c:
+        wait(lambda: c.get("/healthz").json()["recommender_ready"], "the recommender")
+        yield c
+
+
+def wait(check: Any, what: str, timeout: float = 30.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def message(user: str, event: str, ts: pd.Timestamp, i: int, **props: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": user,
+        "event": event,
+        "timestamp": ts.isoformat(),
+        "messageId": f"m-{user}-{i}",
+        "properties": props,
+    }
+
+
+def test_writes_need_the_token_and_errors_share_one_shape(client: TestClient) -> None:
+    r = client.post("/v1/track", json={"userId": "u", "event": "Product Viewed"})
+    assert r.status_code == 401 and set(r.json()) == {"error", "message"}
+    r = client.post("/v1/batch", json={"nope": []}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    r = client.get("/v1/users/nobody")
+    assert r.status_code == 404 and r.json() == {
+        "error": "not_found",
+        "message": "no user 'nobody' in the store",
+    }
+    assert client.get("/v1/nowhere").json()["error"] == "not_found"
+
+
+def test_batch_accepts_good_events_and_reports_bad_ones(client: TestClient) -> None:
+    ts = pd.Timestamp("2024-01-26T10:00:00Z")
+    batch = [
+        message("new-1", "Product Viewed", ts, 0, product_id="I1", price=3.0),
+        {"userId": "new-1", "event": "Teleported", "timestamp": ts.isoformat(), "messageId": "b1"},
+        message(
+            "new-1",
+            "Order Completed",
+            ts,
+            2,
+            order_id="o1",
+            products=[{"product_id": "I1", "price": 3.0, "quantity": 2}],
+        ),
+        {"event": "Product Viewed", "timestamp": ts.isoformat(), "messageId": "b3"},
+    ]
+    r = client.post("/v1/batch", json={"batch": batch}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["received"], body["accepted"], body["rejected"]) == (4, 2, 2)
+    assert [(e["index"], e["error"]) for e in body["errors"]] == [
+        (1, "unknown_type"),
+        (3, "missing_user_id"),
+    ]
+    again = client.post("/v1/batch", json={"batch": batch}, headers=AUTH).json()
+    assert again["accepted"] == 0 and again["duplicates"] == 2  # by messageId
+
+
+def test_a_new_event_reaches_segment_and_recommendations(client: TestClient) -> None:
+    ts = pd.Timestamp("2024-01-26T12:00:00Z")
+    events = [
+        message(
+            "fresh",
+            "Order Completed",
+            ts + pd.Timedelta(minutes=i),
+            i,
+            order_id=f"o{i}",
+            products=[{"product_id": f"I{i + 1:04d}", "price": 20.0, "quantity": 1}],
+        )
+        for i in range(3)
+    ]
+    sent = time.monotonic()
+    assert client.post("/v1/batch", json={"batch": events}, headers=AUTH).json()["accepted"] == 3
+
+    def segmented() -> bool:
+        r = client.get("/v1/users/fresh")
+        return r.status_code == 200 and r.json()["segment"] is not None
+
+    wait(segmented, "the new user's segment", timeout=5)
+
+    def recommended() -> bool:
+        r = client.get("/v1/users/fresh/recommendations?n=5")
+        return r.status_code == 200 and r.json()["segment"] is not None
+
+    wait(recommended, "recommendations that know the user", timeout=5)
+    assert time.monotonic() - sent < 5
+    recs = client.get("/v1/users/fresh/recommendations?n=5").json()
+    assert len(recs["items"]) == 5 and all(i["reason"] for i in recs["items"])
+
+
+def test_reads_dashboard_metrics_and_openapi(client: TestClient) -> None:
+    segs = client.get("/v1/segments").json()
+    sid = segs["segments"][0]["id"]
+    one = client.get(f"/v1/segments/{sid}").json()
+    assert one["segment"]["id"] == sid and one["history"]["segment_id"] == sid
+    members = client.get(f"/v1/segments/{sid}/members?page_size=10").json()
+    assert members["total"] == segs["segments"][0]["size"] and len(members["users"]) == 10
+    user = members["users"][0]
+    info = client.get(f"/v1/users/{user}").json()
+    assert info["segment"]["id"] == sid and "recency_days" in info["features"]
+    assert client.get("/v1/migrations").status_code == 200
+    assert client.get("/v1/campaigns").json() == {"campaigns": []}
+    item = client.get(f"/v1/users/{user}/recommendations").json()["items"][0]["item_id"]
+    audience = client.get(f"/v1/items/{item}/audience?n=20").json()
+    assert len(audience["users"]) == 20
+    dash = client.get("/v1/dashboard").json()
+    assert set(dash) >= {"sizes", "flows", "profiles", "transitions", "alerts", "campaigns"}
+    page = client.get("/")
+    assert page.status_code == 200 and "echarts.min.js" in page.text
+    assert client.get("/static/echarts.min.js").status_code == 200
+    metrics = client.get("/metrics").text
+    assert "shoal_request_seconds_bucket" in metrics and "shoal_events_total" in metrics
+    spec = client.get("/openapi.json").json()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for path in spec["paths"]:
+        shown = re.sub(r"\{[^}]+\}", "{", path)
+        assert any(
+            shown == re.sub(r"\{[^}]+\}", "{", p)
+            for p in re.findall(r"`(?:GET|POST|DELETE) (/[^`?\s]*)", readme)
+        ), f"{path} is not documented in README.md"
+
+
+def _tables_with_user(engine: Engine, key: int, external: str) -> list[str]:
+    found = []
+    names = inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        for table in names:
+            cols = {c["name"] for c in inspect(engine).get_columns(table)}
+            if (
+                "user_key" in cols
+                and conn.execute(
+                    text(f"SELECT COUNT(*) FROM {table} WHERE user_key = :u"), {"u": key}
+                ).scalar()
+            ):
+                found.append(table)
+            if (
+                "external_id" in cols
+                and conn.execute(
+                    text(f"SELECT COUNT(*) FROM {table} WHERE external_id = :x"), {"x": external}
+                ).scalar()
+            ):
+                found.append(table)
+    return found
+
+
+def test_erasure_leaves_no_trace(
+    client: TestClient, db_url: str, shop_files: dict[str, Any], tmp_path: Path
+) -> None:
+    segs = client.get("/v1/segments").json()["segments"]
+    victim = client.get(f"/v1/segments/{segs[0]['id']}/members?page_size=1").json()["users"][0]
+    engine = open_store(db_url)
+    with engine.connect() as conn:
+        key = conn.execute(
+            text("SELECT id FROM users WHERE external_id = :x"), {"x": victim}
+        ).scalar()
+    assert _tables_with_user(engine, int(key), victim)
+    r = client.delete(f"/v1/users/{victim}", headers=AUTH)
+    assert r.status_code == 200 and r.json()["rows"]["events"] > 0
+    assert _tables_with_user(engine, int(key), victim) == []
+    assert client.get(f"/v1/users/{victim}").status_code == 404
+    after = {s["id"]: s["size"] for s in client.get("/v1/segments").json()["segments"]}
+    assert after[segs[0]["id"]] == segs[0]["size"] - 1
+    # running statistics equal a store that never saw the user
+    other = shop_files["events"]
+    clean = tmp_path / "clean.csv"
+    other[other["user_id"].astype(str) != victim].to_csv(clean, index=False)
+    never = api.connect(f"sqlite:///{tmp_path / 'never.db'}")
+    api.ingest(never, [clean])
+    for table, cols in {
+        "user_stats": "n_events, n_purchases, purchase_revenue",
+        "user_categories": "n_views, n_carts, n_purchases",
+    }.items():
+        q = f"SELECT {', '.join(f'SUM({c})' for c in cols.split(', '))}, COUNT(*) FROM {table}"
+        with engine.connect() as a, never.connect() as b:
+            got = [round(float(v), 6) for v in a.execute(text(q)).one()]
+            want = [round(float(v), 6) for v in b.execute(text(q)).one()]
+        assert got == want, table
+    engine.dispose()
+    never.dispose()
