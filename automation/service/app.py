@@ -12,10 +12,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
+from starlette.routing import Match
 
 from automation.config import Settings
 from automation.service import errors
+from automation.service.deps import read_token
 from automation.service.folder import Folder
 from automation.service.state import ServiceState
 from automation.store.db import open_store
@@ -55,9 +57,11 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     )
     errors.install(app)
     app.include_router(routes_ingest.router)
-    app.include_router(routes_read.router)
+    # Reads need the token only when configured so; the spec then documents it.
+    guard = [Depends(read_token)] if chosen.api_reads == "token" else []
+    app.include_router(routes_read.router, dependencies=guard)
     app.include_router(routes_admin.router)
-    app.include_router(routes_dashboard.router)
+    app.include_router(routes_dashboard.router, dependencies=guard)
 
     @app.middleware("http")
     async def timing(
@@ -65,8 +69,11 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     ) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
+        path = "unmatched"
+        for route in request.app.router.routes:
+            if route.matches(request.scope)[0] == Match.FULL:
+                path = getattr(route, "path", path)
+                break
         state = getattr(request.app.state, "shoal", None)
         if state is not None:
             state.metrics.requests.labels(request.method, path, str(response.status_code)).observe(

@@ -18,7 +18,7 @@ def _json(value: Any) -> Any:
 
 
 def dashboard_data(
-    engine: Engine, since: str | None = None, until: str | None = None
+    engine: Engine, since: object | None = None, until: object | None = None
 ) -> dict[str, Any]:
     """Sizes over time, migration flows between two dates, profiles, transitions, alerts,
     campaign results."""

@@ -35,13 +35,17 @@ def write_access(
     return state
 
 
-def read_access(
+def read_access(state: ServiceState = Depends(get_state)) -> ServiceState:
+    """Reads are open unless ``SHOAL_API_READS=token``; then the app adds
+    :func:`read_token` to the read routes (and the OpenAPI spec says so)."""
+    return state
+
+
+def read_token(
     state: ServiceState = Depends(get_state),
     creds: HTTPAuthorizationCredentials | None = Depends(bearer),
-) -> ServiceState:
-    if state.settings.api_reads == "token":
-        _check(state, creds)
-    return state
+) -> None:
+    _check(state, creds)
 
 
 def stored_id(state: ServiceState, user_id: str) -> str:

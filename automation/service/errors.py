@@ -65,7 +65,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+        code = {
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            405: "method_not_allowed",
+            503: "not_ready",
+        }
         return JSONResponse(
             error_body(code.get(err.status_code, f"http_{err.status_code}"), str(err.detail)),
             status_code=err.status_code,

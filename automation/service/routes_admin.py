@@ -9,10 +9,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from automation.service.deps import get_state, stored_id, write_access
+from automation.service.schemas import ERRORS
 from automation.service.state import ServiceState
 from automation.store.erase import erase_user
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], responses=ERRORS)
 
 
 @router.post("/v1/refresh", status_code=202)
@@ -46,7 +47,11 @@ def healthz(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Metrics"}},
+)
 def metrics(state: ServiceState = Depends(get_state)) -> Response:
     """Prometheus text format: request latencies, events by outcome, background folds."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,7 @@ the JSON it draws from, ``GET /v1/dashboard``."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from automation.service.dashboard_data import dashboard_data
 from automation.service.deps import read_access
+from automation.service.schemas import ERRORS
 from automation.service.state import ServiceState
 
 HERE = Path(__file__).resolve().parent
-router = APIRouter(tags=["dashboard"])
+router = APIRouter(tags=["dashboard"], responses=ERRORS)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -29,7 +31,9 @@ def echarts() -> FileResponse:
 
 @router.get("/v1/dashboard")
 def data(
-    since: str | None = None, until: str | None = None, state: ServiceState = Depends(read_access)
+    since: datetime | None = None,
+    until: datetime | None = None,
+    state: ServiceState = Depends(read_access),
 ) -> dict[str, Any]:
     """Segment sizes over time, migration flows between two dates, profiles, transitions,
     drift alerts and campaign results."""

@@ -21,10 +21,10 @@ from automation.ingest.run import BatchSource, commit_block, prepare_block
 from automation.ingest.schema import CANONICAL_FIELDS
 from automation.ingest.segment_spec import flatten_message
 from automation.service.deps import write_access
-from automation.service.schemas import BatchIn, EventError, IngestOut, TrackIn
+from automation.service.schemas import ERRORS, BatchIn, EventError, IngestOut, TrackIn
 from automation.service.state import ServiceState
 
-router = APIRouter(prefix="/v1", tags=["ingest"])
+router = APIRouter(prefix="/v1", tags=["ingest"], responses=ERRORS)
 
 
 def _raw(messages: list[dict[str, Any]], source: str) -> RawBatch:

@@ -3,6 +3,7 @@ migrations, item audiences, campaigns. Thin: each calls the library and shapes t
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -11,10 +12,10 @@ from automation import api
 from automation.campaigns import service as campaigns
 from automation.errors import NotFoundError
 from automation.service.deps import read_access, stored_id
-from automation.service.schemas import AudienceOut, RecommendationsOut, UserOut
+from automation.service.schemas import ERRORS, AudienceOut, RecommendationsOut, UserOut
 from automation.service.state import ServiceState
 
-router = APIRouter(prefix="/v1", tags=["reads"])
+router = APIRouter(prefix="/v1", tags=["reads"], responses=ERRORS)
 
 
 @router.get("/users/{user_id}", response_model=UserOut)
@@ -89,7 +90,7 @@ def get_segment(segment_id: str, state: ServiceState = Depends(read_access)) -> 
 @router.get("/segments/{segment_id}/members")
 def members(
     segment_id: str,
-    as_of: str | None = None,
+    as_of: datetime | None = None,
     page: int = Query(1, ge=1),
     page_size: int = Query(100, ge=1, le=10_000),
     state: ServiceState = Depends(read_access),
@@ -109,7 +110,7 @@ def members(
 
 @router.get("/migrations")
 def migrations(
-    since: str | None = None,
+    since: datetime | None = None,
     limit: int = Query(1000, ge=1, le=100_000),
     state: ServiceState = Depends(read_access),
 ) -> dict[str, Any]:

@@ -104,3 +104,18 @@ class ErrorOut(BaseModel):
     error: str
     message: str
     details: Any | None = None
+
+
+#: Error responses every route may give, documented in the OpenAPI spec (one shape for all).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in (
+        (400, "The input cannot be used"),
+        (401, "A bearer token is required"),
+        (404, "No such user, segment, item or campaign"),
+        (409, "The store has no segmentation yet"),
+        (422, "The request does not match the schema"),
+        (500, "Internal error (no detail)"),
+        (503, "Not ready yet (the recommender is being fitted)"),
+    )
+}
