@@ -74,7 +74,9 @@ def dashboard_data(
         }
         for t in trans
     ]
-    alerts = [t for t in timeline if t["type"] in ("drifted", "split", "merged", "retired")][-20:]
+    alerts = [
+        t for t in timeline if t["type"] in ("born", "drifted", "split", "merged", "retired")
+    ][-20:]
     results = []
     for c in campaigns.list_campaigns(engine):
         up = campaigns.uplift(engine, c["name"], "30d")["overall"]
