@@ -6,13 +6,16 @@ Every ``SHOAL_FOLD_MS`` (default 1 s), or at once when an ingest request wakes i
   segmentation (``run_update``; the first fit when there is none yet), then the campaigns run;
   with a broker, the API enqueues ``shoal.update`` instead and the workers do it;
 - when the store changed (a new ingest batch or segmentation version), the recommender is
-  refitted from the store and swapped in: requests never train.
+  refitted from the store and swapped in (once ingest has been quiet for a moment, or at least
+  every minute under continuous load): requests never train;
+- the newest version's feature snapshot is loaded for the support lookup's fast path.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import text
@@ -21,6 +24,10 @@ from automation.errors import EmptyStoreError, ShoalError
 from automation.service.state import ServiceState
 
 log = logging.getLogger("shoal.service.folder")
+FOLD_QUIET = 0.5  # fold once ingest has been quiet this long
+FOLD_EVERY = 3.0  # ... or at least this often under continuous ingest
+QUIET_SECONDS = 1.5  # refit the recommender once ingest has been quiet this long
+REFIT_EVERY = 60.0  # ... or at least this often under continuous ingest
 
 
 def store_mark(state: ServiceState) -> tuple[int, int]:
@@ -39,7 +46,12 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
     from automation.campaigns import service as campaigns
 
     did: dict[str, Any] = {}
-    if embedded:
+    now = time.monotonic()
+    # Under a stream of ingest requests, fold at most every FOLD_EVERY seconds (a fold and an
+    # ingest both write; on SQLite they take turns): freshness stays within seconds.
+    busy = now - state.last_ingest < FOLD_QUIET and now - state.last_fold < FOLD_EVERY
+    if embedded and not busy:
+        state.last_fold = now
         try:
             out = api.update(state.engine, settings=state.settings)
         except EmptyStoreError:
@@ -52,13 +64,25 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
             except ShoalError as err:
                 log.warning("campaigns: %s", err)
     mark = store_mark(state)
+    snap = state.snapshot
+    if mark[1] and (snap is None or snap.version != mark[1]):
+        from automation.service import lookup
+
+        with state.engine.connect() as conn:
+            state.snapshot = lookup.load(conn)
+        did["snapshot"] = mark[1]
     current = state.recommender
-    if mark[1] and (current is None or current[2] != mark):
+    now = time.monotonic()
+    # Refit when the store changed, but not while ingest requests keep arriving (at most once
+    # per REFIT_EVERY seconds then): a refit takes CPU the requests need.
+    quiet = now - state.last_ingest > QUIET_SECONDS or now - state.last_refit > REFIT_EVERY
+    if mark[1] and (current is None or (current[2] != mark and quiet)):
         from automation.recommend.service import fit_from_store
 
         rec, segments = fit_from_store(state.engine, "hybrid")
         with state.lock:
             state.recommender = (rec, segments, mark)
+        state.last_refit = time.monotonic()
         did["recommender"] = mark
     return did
 

@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from automation.service.deps import get_state, stored_id, write_access
 from automation.service.schemas import ERRORS
@@ -31,6 +30,7 @@ def erase(user_id: str, state: ServiceState = Depends(write_access)) -> dict[str
     removed = erase_user(state.engine, stored_id(state, user_id))
     with state.lock:
         state.recommender = None  # never serve factors that still hold the erased user
+        state.snapshot = None  # nor their features
     state.wake.set()
     return {"user_id": user_id, "erased": True, "rows": removed}
 
@@ -38,12 +38,16 @@ def erase(user_id: str, state: ServiceState = Depends(write_access)) -> dict[str
 @router.get("/healthz")
 def healthz(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     """Liveness and the store's reachability."""
-    with state.engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+    from automation.service.folder import store_mark
+
+    mark = store_mark(state)  # also proves the store answers
     return {
         "status": "ok",
         "database": state.engine.dialect.name,
         "recommender_ready": state.recommender is not None,
+        "recommender_at": None if state.recommender is None else list(state.recommender[2]),
+        "snapshot_version": None if state.snapshot is None else state.snapshot.version,
+        "store_at": list(mark),
     }
 
 

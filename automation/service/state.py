@@ -55,6 +55,10 @@ class ServiceState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     wake: threading.Event = field(default_factory=threading.Event)
     celery: Any = None  # the Celery app, made on first use when a broker is configured
+    snapshot: Any = None  # lookup.Snapshot of the newest version, loaded by the folder
+    last_ingest: float = 0.0  # monotonic time of the newest ingest request
+    last_refit: float = 0.0  # monotonic time the recommender was last refitted
+    last_fold: float = 0.0  # monotonic time of the last fold
 
     def __post_init__(self) -> None:
         self.token = self.settings.api_token or secrets.token_urlsafe(24)

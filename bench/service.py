@@ -1,0 +1,282 @@
+"""The HTTP service under load on loopback: batch ingest rate and support-lookup latency.
+
+1. A store with the bundled Online Retail data, segmented (SQLite by default, ``--pg URL``).
+2. ``shoal serve`` in a subprocess (its own process: the load client does not share its GIL).
+3. ``POST /v1/batch``: ``--events`` Segment ``track`` messages (existing and new customers,
+   views, carts and orders) in batches of ``--batch`` messages from ``--clients`` threads; events
+   per second, and the accounting (sent = accepted + duplicates + rejected; the store's event
+   count grew by the accepted ones). Baseline in the same run: the library's ingest of the same
+   messages from a JSON-lines file (no HTTP).
+4. ``GET /v1/users/{id}`` open-loop at ``--rate`` requests per second for ``--seconds``: latency
+   percentiles. Baseline: ``api.user`` in process.
+
+Run (from the repository root)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/service.py [--events 200000] [--batch 2000]
+        [--clients 2] [--rate 200] [--seconds 10] [--pg URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import httpx
+import numpy as np
+import pandas as pd
+
+from automation import api
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "bench-token"
+
+
+def messages(users: list[str], items: list[str], n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    kinds = ["Product Viewed"] * 6 + ["Product Added"] * 2 + ["Order Completed"]
+    start = pd.Timestamp("2011-12-10T08:00:00Z")
+    out = []
+    for i in range(n):
+        user = rng.choice(users) if rng.random() < 0.8 else f"web-{rng.randrange(n // 20)}"
+        item = rng.choice(items)
+        kind = rng.choice(kinds)
+        props: dict[str, Any] = {"product_id": item, "price": round(rng.uniform(1, 20), 2)}
+        if kind == "Order Completed":
+            props = {"order_id": f"web-o{i}", "products": [{**props, "quantity": 1}]}
+        out.append(
+            {
+                "type": "track",
+                "userId": user,
+                "event": kind,
+                "messageId": f"bench-{seed}-{i}",
+                "timestamp": (start + pd.Timedelta(seconds=i)).isoformat(),
+                "properties": props,
+            }
+        )
+    return out
+
+
+def serve(db: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SHOAL_API_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+    env.pop("SHOAL_BROKER_URL", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "shoal"), "serve", "--db", db, "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").json().get("recommender_ready"):
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"the service did not get ready:\n{log.read_text()[-3000:]}")
+
+
+def post_batches(port: int, msgs: list[dict[str, Any]], size: int, clients: int) -> dict[str, Any]:
+    chunks = [msgs[i : i + size] for i in range(0, len(msgs), size)]
+    totals = {"accepted": 0, "duplicates": 0, "rejected": 0, "requests": 0}
+    lock = threading.Lock()
+    latencies: list[float] = []
+
+    def work(mine: list[list[dict[str, Any]]]) -> None:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=120,
+        ) as c:
+            for chunk in mine:
+                t = time.perf_counter()
+                r = c.post("/v1/batch", json={"batch": chunk})
+                r.raise_for_status()
+                body = r.json()
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+                    totals["requests"] += 1
+                    for k in ("accepted", "duplicates", "rejected"):
+                        totals[k] += body[k]
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(chunks[i::clients],)) for i in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    seconds = time.perf_counter() - t0
+    return {
+        **totals,
+        "seconds": seconds,
+        "events_per_second": len(msgs) / seconds,
+        "p50_request_s": float(np.percentile(latencies, 50)),
+    }
+
+
+def lookups(port: int, users: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    n = int(rate * seconds)
+    lat: list[float] = []
+    status: dict[int, int] = {}
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2
+
+    def one(i: int, client: httpx.Client) -> None:
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        r = client.get(f"/v1/users/{users[i % len(users)]}")
+        done = time.perf_counter()
+        with lock:
+            lat.append(done - due)  # open loop: latency counts from the scheduled time
+            status[r.status_code] = status.get(r.status_code, 0) + 1
+
+    workers = 16
+
+    def run(k: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            for i in range(k, n, workers):
+                one(i, c)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(workers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    arr = np.array(lat) * 1000
+    return {
+        "requests": n,
+        "status": status,
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p95_ms": float(np.percentile(arr, 95)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "achieved_rps": n / (max(lat) + seconds) if lat else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--pg", default=None, help="a PostgreSQL URL (default: SQLite)")
+    args = parser.parse_args()
+    common.pin_threads()
+    info = common.machine_info()
+    tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-service-"))
+    if args.pg:
+        with common.pg_schema(args.pg, "bench_service") as (_, url):
+            run(args, info, tmp, url)
+    else:
+        run(args, info, tmp, f"sqlite:///{tmp / 'shop.db'}")
+
+
+def run(args: Any, info: dict[str, Any], tmp: Path, db: str) -> None:
+    engine = api.connect(db)
+    common.log("ingest + segment the bundled Online Retail data")
+    api.ingest(engine, [api.BUNDLED_ONLINE_RETAIL], preset="online-retail")
+    api.segment(engine, k="auto")
+    users = api.assignments(engine)["user_id"].astype(str).tolist()
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        items = [r[0] for r in conn.execute(text("SELECT external_id FROM items LIMIT 2000"))]
+        before = int(conn.execute(text("SELECT COUNT(*) FROM events")).scalar() or 0)
+    msgs = messages(users, items, args.events, seed=1)
+    base_msgs = messages(users, items, args.events, seed=2)
+    jsonl = tmp / "baseline.jsonl"
+    jsonl.write_text("\n".join(json.dumps(m) for m in base_msgs) + "\n")
+    common.log("baseline: library ingest of the same kind of messages from a file")
+    t = time.perf_counter()
+    base = api.ingest(engine, [jsonl])
+    base_s = time.perf_counter() - t
+    with engine.connect() as conn:
+        before = int(conn.execute(text("SELECT COUNT(*) FROM events")).scalar() or 0)
+    engine.dispose()
+    port = common_free_port()
+    proc = serve(db, port, tmp / "serve.log")
+    try:
+        common.log(f"POST /v1/batch: {args.events:,} events, {args.batch} per request")
+        ing = post_batches(port, msgs, args.batch, args.clients)
+        common.log("waiting for the background fold and refit to settle")
+        settle(port)
+        common.log(f"GET /v1/users/{{id}} at {args.rate:g}/s for {args.seconds:g} s")
+        look = lookups(port, users, args.rate, args.seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    engine = api.connect(db)
+    with engine.connect() as conn:
+        after = int(conn.execute(text("SELECT COUNT(*) FROM events")).scalar() or 0)
+    sample = random.Random(0).sample(users, 200)
+    t = time.perf_counter()
+    lib = []
+    for u in sample:
+        s = time.perf_counter()
+        api.user(engine, u)
+        lib.append((time.perf_counter() - s) * 1000)
+    engine.dispose()
+    common.print_machine(info)
+    print(f"\nstore: {db.split('://')[0]}, Online Retail + {args.events:,} API events\n")
+    sent = args.events
+    rows = ing["accepted"] + ing["duplicates"] + ing["rejected"]
+    print(
+        f"POST /v1/batch: {ing['events_per_second']:,.0f} events/s "
+        f"({ing['requests']} requests of {args.batch}, {args.clients} clients, "
+        f"{ing['seconds']:.1f} s; median request {ing['p50_request_s'] * 1000:.0f} ms)"
+        f"   target >= 20,000 events/s"
+    )
+    print(f"  baseline, library ingest of a JSON-lines file: {base.read / base_s:,.0f} events/s")
+    print(
+        f"  accounting: sent {sent:,} messages -> {rows:,} rows (orders expand per product): "
+        f"accepted {ing['accepted']:,}, duplicates {ing['duplicates']:,}, "
+        f"rejected {ing['rejected']:,}; store grew by {after - before:,} events"
+    )
+    print(
+        f"GET /v1/users/{{id}} at {args.rate:g}/s: p50 {look['p50_ms']:.1f} ms, "
+        f"p95 {look['p95_ms']:.1f} ms, p99 {look['p99_ms']:.1f} ms, status {look['status']}"
+        f"   target p99 < 20 ms"
+    )
+    print(
+        f"  baseline, api.user in process: p50 {np.percentile(lib, 50):.1f} ms, "
+        f"p99 {np.percentile(lib, 99):.1f} ms"
+    )
+
+
+def settle(port: int, timeout: float = 600.0) -> None:
+    """Until the service has folded everything and refitted the recommender on it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+        store = h.get("store_at")
+        if h.get("recommender_at") == store and h.get("snapshot_version") == store[1]:
+            time.sleep(1.0)
+            return
+        time.sleep(0.5)
+
+
+def common_free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
