@@ -66,12 +66,21 @@ def messages(users: list[str], items: list[str], n: int, seed: int) -> list[dict
     return out
 
 
-def serve(db: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(db: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SHOAL_API_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
     env.pop("SHOAL_BROKER_URL", None)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "shoal"), "serve", "--db", db, "--port", str(port)],
+            [
+                str(ROOT / ".venv" / "bin" / "shoal"),
+                "serve",
+                "--db",
+                db,
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -175,6 +184,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--pg", default=None, help="a PostgreSQL URL (default: SQLite)")
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
     args = parser.parse_args()
     common.pin_threads()
     info = common.machine_info()
@@ -209,7 +219,7 @@ def run(args: Any, info: dict[str, Any], tmp: Path, db: str) -> None:
         before = int(conn.execute(text("SELECT COUNT(*) FROM events")).scalar() or 0)
     engine.dispose()
     port = common_free_port()
-    proc = serve(db, port, tmp / "serve.log")
+    proc = serve(db, port, tmp / "serve.log", args.workers)
     try:
         common.log(f"POST /v1/batch: {args.events:,} events, {args.batch} per request")
         ing = post_batches(port, msgs, args.batch, args.clients)

@@ -82,3 +82,9 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
         return response
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app for ``uvicorn --factory`` (``shoal serve --workers N``): settings from the
+    environment, one app per server process."""
+    return create_app(Settings.from_env())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import replace
 
@@ -21,8 +22,15 @@ from automation.config import Settings
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes (each runs its own background loop).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print start-up errors as JSON.")
-def serve(db: str | None, host: str, port: int, as_json: bool) -> None:
+def serve(db: str | None, host: str, port: int, workers: int, as_json: bool) -> None:
     """Serve the API (Segment-compatible ingest, user and segment lookups, recommendations,
     campaigns, erasure, /metrics) and the dashboard at /; OpenAPI at /docs.
 
@@ -41,4 +49,17 @@ def serve(db: str | None, host: str, port: int, as_json: bool) -> None:
                 f"SHOAL_API_TOKEN is not set; the API token for this run: {settings.api_token}",
                 err=True,
             )
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        if workers == 1:
+            uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+            return
+        # Several processes: each builds its app from the environment (same store, same token).
+        os.environ["SHOAL_DATABASE_URL"] = settings.database_url
+        os.environ["SHOAL_API_TOKEN"] = settings.api_token
+        uvicorn.run(
+            "automation.service.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+        )
