@@ -34,6 +34,8 @@ class Checked:
 def text(col: pd.Series) -> pd.Series:
     """Strings with blanks as missing (``NA``)."""
     s = col.astype("str") if col.dtype != "str" else col
+    if not s.notna().any():  # an absent column: nothing to clean
+        return s
     s = s.str.strip()
     return s.where(s.notna() & (s != "") & (s.str.lower() != "nan") & (s != "None"))
 
