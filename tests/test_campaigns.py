@@ -101,6 +101,14 @@ channel: {{type: routing, queue: care, priority: 2, script: priority_care.txt.j2
 """,
         ),
         write(
+            tmp_path / "parquet.yaml",
+            f"""name: lake
+trigger: {{entered: "{seg}"}}
+holdout: 0.1
+channel: {{type: export, format: parquet, path: "{tmp_path / "lake"}"}}
+""",
+        ),
+        write(
             tmp_path / "export.yaml",
             f"""name: export
 trigger: {{entered: "{seg}"}}
@@ -244,6 +252,8 @@ def test_campaigns_end_to_end(
             sig = hmac.new(b"s3cret", r["raw"], hashlib.sha256).hexdigest()
             assert r["headers"]["X-Shoal-Signature"] == f"sha256={sig}"
             assert r["json"]["campaign"] == "crm" and r["headers"]["Idempotency-Key"]
+        lake = pd.read_parquet(tmp_path / "lake")
+        assert len(lake) == by["lake"]["treatment"] and lake["key"].is_unique
         rows = list(csv.DictReader((tmp_path / "out" / "export.csv").open()))
         assert len(rows) == by["export"]["treatment"] and len({r["key"] for r in rows}) == len(rows)
 

@@ -128,6 +128,23 @@ def post_webhook(
 EXPORT_FIELDS = ["key", "campaign", "user_id", "segment_id", "segment_name", "occurrence", "at"]
 
 
+def write_parquet_part(folder: str, first_id: int, rows: list[dict[str, Any]]) -> Path:
+    """Rows as one Parquet file ``part-<first delivery id>.parquet`` in ``folder``.
+
+    The name depends only on the first delivery of the part, so a part written again after a
+    crash (before its deliveries were marked sent) replaces itself instead of adding rows.
+    """
+    import pandas as pd
+
+    out = Path(expand(folder))
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"part-{first_id:012d}.parquet"
+    tmp = target.with_suffix(".tmp")
+    pd.DataFrame(rows, columns=EXPORT_FIELDS).to_parquet(tmp, index=False)
+    os.replace(tmp, target)
+    return target
+
+
 def append_export(path: str, row: dict[str, Any]) -> None:
     """Append one audience row to a CSV file (with a header when the file is new)."""
     p = Path(expand(path))

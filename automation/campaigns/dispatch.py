@@ -17,7 +17,13 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, Engine, text
 
-from automation.campaigns.channels import SendError, append_export, post_webhook, send_email
+from automation.campaigns.channels import (
+    SendError,
+    append_export,
+    post_webhook,
+    send_email,
+    write_parquet_part,
+)
 from automation.campaigns.spec import CampaignSpec
 from automation.campaigns.store import campaign_named
 from automation.config import Settings
@@ -64,20 +70,65 @@ def _send(row: Any, spec: CampaignSpec, settings: Settings) -> None:
         post_webhook(ch.url, body, row.key, ch.secret_env)
     elif ch.type == "export":
         assert ch.path is not None
-        event = payload.get("event", {})
-        seg = event.get("segment", {})
-        append_export(
-            ch.path.format(campaign=row.campaign),
-            {
-                "key": row.key,
-                "campaign": row.campaign,
-                "user_id": payload["user_id"],
-                "segment_id": seg.get("id"),
-                "segment_name": seg.get("name"),
-                "occurrence": event.get("trigger", {}).get("occurrence"),
-                "at": event.get("trigger", {}).get("at"),
-            },
-        )
+        path = ch.path.format(campaign=row.campaign)
+        if ch.format == "parquet":
+            write_parquet_part(path, int(row.id), [export_row(row, payload)])
+        else:
+            append_export(path, export_row(row, payload))
+
+
+def export_row(row: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    event = payload.get("event", {})
+    seg = event.get("segment", {})
+    return {
+        "key": row.key,
+        "campaign": row.campaign,
+        "user_id": payload["user_id"],
+        "segment_id": seg.get("id"),
+        "segment_name": seg.get("name"),
+        "occurrence": event.get("trigger", {}).get("occurrence"),
+        "at": event.get("trigger", {}).get("at"),
+    }
+
+
+def _parquet_parts(engine: Engine, at: pd.Timestamp, report: DispatchReport) -> None:
+    """Due Parquet-export deliveries, one part file per campaign, marked sent with it."""
+    with engine.begin() as conn:
+        skip = " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
+        rows = conn.execute(
+            text(
+                "SELECT id, key, campaign, payload FROM deliveries WHERE status = 'pending' "
+                f"AND channel = 'export' AND next_attempt_at <= :now ORDER BY id{skip}"
+            ),
+            {"now": ts_param(conn, at)},
+        ).all()
+        by_campaign: dict[str, list[Any]] = {}
+        for r in rows:
+            by_campaign.setdefault(r.campaign, []).append(r)
+        for name, mine in by_campaign.items():
+            spec = campaign_named(conn, name).spec
+            if spec.channel.format != "parquet" or spec.channel.path is None:
+                continue
+            payloads = [
+                p if isinstance(p, dict) else json.loads(p) for p in (r.payload for r in mine)
+            ]
+            write_parquet_part(
+                spec.channel.path.format(campaign=name),
+                int(mine[0].id),
+                [export_row(r, p) for r, p in zip(mine, payloads, strict=True)],
+            )
+            ids = [int(r.id) for r in mine]
+            for start in range(0, len(ids), 5000):
+                part = ids[start : start + 5000]
+                marks = ", ".join(f":i{k}" for k in range(len(part)))
+                conn.execute(
+                    text(
+                        "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, "
+                        f"sent_at = :t, last_error = NULL WHERE id IN ({marks})"
+                    ),
+                    {"t": ts_param(conn, at), **{f"i{k}": v for k, v in enumerate(part)}},
+                )
+            report.sent += len(ids)
 
 
 def dispatch(
@@ -91,6 +142,7 @@ def dispatch(
     """Send up to ``limit`` due deliveries; see the module docstring."""
     report = DispatchReport()
     specs: dict[str, CampaignSpec] = {}
+    _parquet_parts(engine, as_utc(now if now is not None else pd.Timestamp.now(tz="UTC")), report)
     for _ in range(limit):
         at = as_utc(now if now is not None else pd.Timestamp.now(tz="UTC"))
         with engine.begin() as conn:

@@ -196,6 +196,7 @@ class Channel(_Strict):
     url: str | None = None
     secret_env: str = "SHOAL_WEBHOOK_SECRET"
     path: str | None = None
+    format: Literal["csv", "parquet"] = "csv"
 
     @model_validator(mode="after")
     def _needs(self) -> Channel:
@@ -209,8 +210,8 @@ class Channel(_Strict):
         missing = [f for f in need if getattr(self, f) is None]
         if missing:
             raise ValueError(f"a {self.type} channel needs {', '.join(missing)}")
-        if self.type == "export" and not str(self.path).endswith(".csv"):
-            raise ValueError(f"path {self.path!r}: exports are CSV files (end it with .csv)")
+        if self.type == "export" and self.format == "csv" and not str(self.path).endswith(".csv"):
+            raise ValueError(f"path {self.path!r}: a CSV export is a file ending in .csv")
         return self
 
 
