@@ -118,3 +118,16 @@ class Lock(Base):
     holder: Mapped[str | None] = mapped_column(Text)
     acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class RecommenderModel(Base):
+    """A fitted recommender saved as arrays (the ``.npz`` of ``Recommender.save``, no pickles),
+    with the store mark it reflects: the newest ingest batch and segmentation version."""
+
+    __tablename__ = "recommender_models"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    batch_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    version_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    fitted_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

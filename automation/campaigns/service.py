@@ -66,10 +66,10 @@ def list_campaigns(engine: Engine) -> list[dict[str, Any]]:
 
 
 def recommender(engine: Engine, model: str = "hybrid") -> Recommend:
-    """Recommendations for templates: one model fitted now, asked for a batch of users."""
-    from automation.recommend.service import fit_from_store
+    """Recommendations for templates: the store's current model, asked for a batch of users."""
+    from automation.recommend.persist import current_model
 
-    rec, _ = fit_from_store(engine, model)
+    rec, _ = current_model(engine, model)
 
     def recommend(user_ids: list[str], n: int) -> dict[str, list[dict[str, Any]]]:
         if not user_ids:

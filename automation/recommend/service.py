@@ -1,6 +1,7 @@
 """Store-backed answers for the command line and the API: a user's list, a segment's list, an
-item's audience. Each call fits the chosen backend on the store as it is now (so the answer is
-always current: no batch job), with the live segmentation's assignments.
+item's audience. Each call uses the stored model for the store as it is now
+(:mod:`automation.recommend.persist`: new events folded in per user, a refit only when the
+segmentation changed), so the answer is always current without a refit per call.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ def fit_from_store(
     return rec, segments
 
 
+def _model(engine: Engine, model: str, rules: Rules | None = None) -> Recommender:
+    """The stored model when it is current (updated or refitted and stored when not); a model
+    with non-default rules is fitted for the call."""
+    if rules is not None and rules != SERVICE_RULES:
+        return fit_from_store(engine, model, rules)[0]
+    from automation.recommend.persist import current_model
+
+    return current_model(engine, model)[0]
+
+
 def _segment_dict(rec: Recommender, code: int, provisional: bool) -> dict[str, Any] | None:
     if code == NO_SEGMENT:
         return None
@@ -61,7 +72,7 @@ def recommend_user(
     a provisional segment (from their items, else the one most newcomers are in) and its
     popularity.
     """
-    rec, _ = fit_from_store(engine, model, rules)
+    rec = _model(engine, model, rules)
     ctx = rec.context
     rows = ctx.rows_of([user_id])
     fitted = int(ctx.user_segment[rows[0]]) if rows[0] >= 0 else NO_SEGMENT
@@ -83,10 +94,12 @@ def recommend_segment(
     engine: Engine, segment_id: str, n: int = 10, model: str = "hybrid"
 ) -> dict[str, Any]:
     """``{"segment", "items"}``: what a newcomer of the segment would be shown."""
-    rec, segments = fit_from_store(engine, model)
+    rec = _model(engine, model)
     code = rec.context.segment_code(segment_id)
     if code == NO_SEGMENT:
-        known = ", ".join(sorted(segments.names)) or "none: run `shoal segment` first"
+        known = ", ".join(sorted(map(str, rec.context.segment_ids))) or (
+            "none: run `shoal segment` first"
+        )
         raise NotFoundError(f"no segment {segment_id!r} in the current segmentation ({known})")
     return {
         "segment": _segment_dict(rec, code, provisional=False),
@@ -102,7 +115,7 @@ def audience(
     filter_seen: bool = True,
 ) -> dict[str, Any]:
     """``{"item_id", "name", "price", "users": [{"user_id", "segment", "score"}]}``."""
-    rec, _ = fit_from_store(engine, model)
+    rec = _model(engine, model)
     ctx = rec.context
     if str(item_id) not in ctx.catalogue.index():
         raise NotFoundError(f"no item {item_id!r} in the store")

@@ -77,11 +77,11 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
     # per REFIT_EVERY seconds then): a refit takes CPU the requests need.
     quiet = now - state.last_ingest > QUIET_SECONDS or now - state.last_refit > REFIT_EVERY
     if mark[1] and (current is None or (current[2] != mark and quiet)):
-        from automation.recommend.service import fit_from_store
+        from automation.recommend.persist import current_model
 
-        rec, segments = fit_from_store(state.engine, "hybrid")
+        rec, mark = current_model(state.engine, "hybrid")
         with state.lock:
-            state.recommender = (rec, segments, mark)
+            state.recommender = (rec, None, mark)
         state.last_refit = time.monotonic()
         did["recommender"] = mark
     return did
