@@ -129,5 +129,6 @@ class RecommenderModel(Base):
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     batch_id: Mapped[int] = mapped_column(Integer, nullable=False)
     version_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    erasures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     fitted_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

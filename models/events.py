@@ -72,3 +72,5 @@ class Quarantine(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     raw: Mapped[str | None] = mapped_column(Text)
     fingerprint: Mapped[str] = mapped_column(String(32), nullable=False, unique=True)
+    # The row's user id as given (pseudonymised when that is on), so erasure finds it exactly.
+    user_id: Mapped[str | None] = mapped_column(String(200), index=True)

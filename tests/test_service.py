@@ -182,13 +182,14 @@ def _tables_with_user(engine: Engine, key: int, external: str) -> list[str]:
                 ).scalar()
             ):
                 found.append(table)
-            if (
-                "external_id" in cols
-                and conn.execute(
-                    text(f"SELECT COUNT(*) FROM {table} WHERE external_id = :x"), {"x": external}
-                ).scalar()
-            ):
-                found.append(table)
+            for col in ("external_id", "user_id"):
+                if (
+                    col in cols
+                    and conn.execute(
+                        text(f"SELECT COUNT(*) FROM {table} WHERE {col} = :x"), {"x": external}
+                    ).scalar()
+                ):
+                    found.append(table)
     return found
 
 
@@ -202,7 +203,9 @@ def test_erasure_leaves_no_trace(
         key = conn.execute(
             text("SELECT id FROM users WHERE external_id = :x"), {"x": victim}
         ).scalar()
-    assert _tables_with_user(engine, int(key), victim)
+    bad = {"userId": victim, "event": "Teleported", "timestamp": "2024-01-20T10:00:00Z"}
+    assert client.post("/v1/track", json=bad, headers=AUTH).json()["rejected"] == 1
+    assert "quarantine" in _tables_with_user(engine, int(key), victim)
     r = client.delete(f"/v1/users/{victim}", headers=AUTH)
     assert r.status_code == 200 and r.json()["rows"]["events"] > 0
     assert _tables_with_user(engine, int(key), victim) == []

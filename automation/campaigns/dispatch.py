@@ -109,26 +109,34 @@ def _parquet_parts(engine: Engine, at: pd.Timestamp, report: DispatchReport) -> 
             spec = campaign_named(conn, name).spec
             if spec.channel.format != "parquet" or spec.channel.path is None:
                 continue
-            payloads = [
-                p if isinstance(p, dict) else json.loads(p) for p in (r.payload for r in mine)
-            ]
-            write_parquet_part(
-                spec.channel.path.format(campaign=name),
-                int(mine[0].id),
-                [export_row(r, p) for r, p in zip(mine, payloads, strict=True)],
-            )
-            ids = [int(r.id) for r in mine]
-            for start in range(0, len(ids), 5000):
-                part = ids[start : start + 5000]
-                marks = ", ".join(f":i{k}" for k in range(len(part)))
-                conn.execute(
-                    text(
-                        "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, "
-                        f"sent_at = :t, last_error = NULL WHERE id IN ({marks})"
-                    ),
-                    {"t": ts_param(conn, at), **{f"i{k}": v for k, v in enumerate(part)}},
-                )
-            report.sent += len(ids)
+            try:
+                _write_part(conn, name, spec, mine, at)
+            except (OSError, ValueError) as exc:  # left pending: retried by the per-row pass
+                report.errors.append(f"{name}: parquet export: {exc}")
+                continue
+            report.sent += len(mine)
+
+
+def _write_part(conn: Connection, name: str, spec: CampaignSpec, mine: list[Any], at: Any) -> None:
+    """One part file for ``mine`` (a campaign's due rows), then the rows marked sent."""
+    assert spec.channel.path is not None
+    payloads = [p if isinstance(p, dict) else json.loads(p) for p in (r.payload for r in mine)]
+    write_parquet_part(
+        spec.channel.path.format(campaign=name),
+        int(mine[0].id),
+        [export_row(r, p) for r, p in zip(mine, payloads, strict=True)],
+    )
+    ids = [int(r.id) for r in mine]
+    for start in range(0, len(ids), 5000):
+        part = ids[start : start + 5000]
+        marks = ", ".join(f":i{k}" for k in range(len(part)))
+        conn.execute(
+            text(
+                "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, "
+                f"sent_at = :t, last_error = NULL WHERE id IN ({marks})"
+            ),
+            {"t": ts_param(conn, at), **{f"i{k}": v for k, v in enumerate(part)}},
+        )
 
 
 def dispatch(
@@ -152,8 +160,16 @@ def dispatch(
             if row.campaign not in specs:
                 specs[row.campaign] = campaign_named(conn, row.campaign).spec
             try:
-                _send(row, specs[row.campaign], settings)
-            except (SendError, ConfigError) as exc:
+                spec = specs[row.campaign]
+                if spec.channel.type != row.channel:
+                    raise ConfigError(
+                        f"campaign {row.campaign} now sends by {spec.channel.type}, "
+                        f"not {row.channel}: this delivery is not sent"
+                    )
+                _send(row, spec, settings)
+            except (SendError, ConfigError, ValueError, OSError, KeyError, TypeError) as exc:
+                # A delivery that cannot go out counts an attempt (dead-lettered in the end)
+                # instead of blocking every delivery queued after it.
                 attempts = int(row.attempts) + 1
                 report.errors.append(f"{row.key}: {exc}")
                 if attempts >= max_attempts:

@@ -19,6 +19,7 @@ writes nothing.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from jinja2 import TemplateError
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from automation.campaigns.limits import (
     failed_condition,
@@ -40,10 +43,15 @@ from automation.campaigns.render import render_message
 from automation.campaigns.spec import CampaignSpec, duration
 from automation.campaigns.store import StoredCampaign, cursor_of, latest_campaigns, set_cursor
 from automation.campaigns.triggers import Live, live_segments, max_outbox_id, occurrences
+from automation.errors import ShoalError
 from automation.features.build import as_utc, build_features, ts_param
 from automation.store.bulk import create_temp_like, read_frame, write_frame
 from automation.store.locks import acquire_lock
 
+log = logging.getLogger("shoal.campaigns")
+#: Media where campaigns compete for a user (one message, or one queue, per run; the highest
+#: priority wins). Webhooks and exports feed other systems and never displace each other.
+COMPETING = ("email", "routing")
 Recommend = Callable[[list[str], int], dict[str, list[dict[str, Any]]]]
 
 
@@ -112,20 +120,22 @@ def _decide(
     cap = spec.limits.frequency_cap
     counts = sent_counts(conn, channel, now - duration(cap.per)) if cap is not None else {}
     for i, u in enumerate(users):
+        # Every eligibility rule applies before the holdout draw, to both groups alike, so the
+        # held-out users stay comparable with the treated ones.
         if reason.iat[i]:
             group[i] = "suppressed"
             continue
-        if group[i] == "holdout":
-            reason.iat[i] = f"held out ({spec.holdout:.0%} control group)"
-            continue
-        if int(u) in taken:
+        if channel in COMPETING and int(u) in taken:
             group[i], reason.iat[i] = "suppressed", f"a higher-priority {channel} campaign"
             continue
         if cap is not None and counts.get(int(u), 0) >= cap.max:
             group[i] = "suppressed"
             reason.iat[i] = f"frequency cap {cap.max} per {cap.per} on {channel}"
             continue
-        taken.add(int(u))
+        taken.add(int(u))  # a held-out user is this campaign's too: no other takes them
+        if group[i] == "holdout":
+            reason.iat[i] = f"held out ({spec.holdout:.0%} control group)"
+            continue
         counts[int(u)] = counts.get(int(u), 0) + 1
         reason.iat[i] = f"{spec.trigger.kind} trigger"
     out = occ.copy()
@@ -342,7 +352,13 @@ def run_campaigns(
     report = RunReport(dry_run=dry_run)
     with engine.connect() as conn, conn.begin() as tx:
         acquire_lock(conn, "campaigns")
-        camps = [c for c in latest_campaigns(conn, names) if c.active]
+        every = latest_campaigns(conn, names)
+        camps = [c for c in every if c.active]
+        top = max_outbox_id(conn)
+        if not dry_run:  # an inactive campaign skips what happens meanwhile: no backlog later
+            for c in every:
+                if not c.active:
+                    set_cursor(conn, c.name, top, ts_param(conn, now))
         if not camps:
             return report
         live = live_segments(conn)
@@ -351,16 +367,42 @@ def run_campaigns(
             ext["external_id"].astype(str).to_numpy(), index=ext["user_key"].astype("int64")
         )
         feats = _Features(conn)
-        top = max_outbox_id(conn)
         claimed: dict[str, set[int]] = {}
         for camp in camps:
-            cursor = cursor_of(conn, camp.name)
-            occ = occurrences(conn, camp.spec, live, cursor, now, as_utc(camp.loaded_at), feats)
-            occ = _not_decided(conn, camp.name, occ)
-            decided = _decide(conn, camp, occ, feats, ext_ids, claimed, now)
-            queued = 0 if dry_run else _write(conn, camp.spec, decided, now, live, feats, recommend)
-            if not dry_run:
-                set_cursor(conn, camp.name, top, ts_param(conn, now))
+            # Each campaign in its own savepoint: one that fails (a bad template for one user,
+            # a store error) is reported and skipped, and the others are still decided.
+            try:
+                with conn.begin_nested():
+                    cursor = cursor_of(conn, camp.name)
+                    occ = occurrences(
+                        conn, camp.spec, live, cursor, now, as_utc(camp.loaded_at), feats
+                    )
+                    occ = _not_decided(conn, camp.name, occ)
+                    decided = _decide(conn, camp, occ, feats, ext_ids, claimed, now)
+                    queued = (
+                        0
+                        if dry_run
+                        else _write(conn, camp.spec, decided, now, live, feats, recommend)
+                    )
+                    if not dry_run:
+                        set_cursor(conn, camp.name, top, ts_param(conn, now))
+            except (ShoalError, TemplateError, LookupError, ValueError, SQLAlchemyError) as exc:
+                log.error("campaign %s failed and was skipped: %s", camp.name, exc)
+                report.campaigns.append(
+                    {
+                        "campaign": camp.name,
+                        "version": camp.version,
+                        "error": str(exc),
+                        "trigger": camp.spec.trigger.kind,
+                        "channel": camp.spec.channel.type,
+                        "occurrences": 0,
+                        "treatment": 0,
+                        "holdout": 0,
+                        "suppressed": 0,
+                        "queued": 0,
+                    }
+                )
+                continue
             groups = decided["group_name"].value_counts().to_dict() if len(decided) else {}
             report.campaigns.append(
                 {

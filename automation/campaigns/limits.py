@@ -108,8 +108,10 @@ def quiet_until(quiet: QuietHours | None, now: pd.Timestamp) -> pd.Timestamp:
     inside = start <= minutes < end if start < end else minutes >= start or minutes < end
     if not inside:
         return now
-    day = local.normalize()
-    resume = day + pd.Timedelta(minutes=end)
-    if resume <= local:
-        resume += pd.Timedelta(days=1)
-    return resume.tz_convert("UTC")
+    day = local.date()
+    for offset in (0, 1):  # the end time on the wall clock, today or tomorrow (DST-safe)
+        wall = pd.Timestamp(day) + pd.Timedelta(days=offset, hours=eh, minutes=em)
+        resume = wall.tz_localize(quiet.timezone, ambiguous=True, nonexistent="shift_forward")
+        if resume > local:
+            return resume.tz_convert("UTC")
+    return now

@@ -116,7 +116,11 @@ def check_templates(
     line of the field in the message.
     """
     env = environment(root)
-    ctx = sample_context(spec)
+    full = sample_context(spec)
+    # Also a user with no recommended items and nothing optional: a template that indexes
+    # ``items[0]`` unguarded fails here, not for that user at send time.
+    bare = {**full, "items": [], "user": {"id": "sample-user", "features": {}}}
+    bare["trigger"] = {**full["trigger"], "from_segment": None}
     base = root or TEMPLATES
     at = lines or {}
     field = "script" if spec.channel.type == "routing" else "template"
@@ -127,14 +131,16 @@ def check_templates(
             text = env.loader.get_source(env, name)[0]  # type: ignore[union-attr]
         except TemplateNotFound:
             raise InputError(f"{here}: no template {path}") from None
-        try:
-            _check_source(env, text, str(path), ctx)
-        except InputError as exc:
-            raise InputError(f"{here}: in {exc}") from None
-    if spec.channel.subject is not None:
-        _check_source(env, spec.channel.subject, where(source, at, "channel", "subject"), ctx)
-    if spec.channel.script is not None and not spec.channel.script.endswith(".j2"):
-        _check_source(env, spec.channel.script, where(source, at, "channel", "script"), ctx)
+        for ctx in (full, bare):
+            try:
+                _check_source(env, text, str(path), ctx)
+            except InputError as exc:
+                raise InputError(f"{here}: in {exc}") from None
+    for ctx in (full, bare):
+        if spec.channel.subject is not None:
+            _check_source(env, spec.channel.subject, where(source, at, "channel", "subject"), ctx)
+        if spec.channel.script is not None and not spec.channel.script.endswith(".j2"):
+            _check_source(env, spec.channel.script, where(source, at, "channel", "script"), ctx)
 
 
 def render_message(

@@ -86,6 +86,11 @@ class Schedule(_Strict):
     segment: str | None = None
     timezone: str = "UTC"
 
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return _zone(v)
+
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str) -> str:
@@ -96,6 +101,14 @@ class Schedule(_Strict):
         except (ValueError, IndexError, TypeError) as exc:
             raise ValueError(f"cron {v!r} is not a crontab expression: {exc}") from None
         return v
+
+
+def _zone(v: str) -> str:
+    try:
+        pd.Timestamp("2024-01-01").tz_localize(v)
+    except Exception:  # noqa: BLE001 - pytz and zoneinfo raise different types
+        raise ValueError(f"unknown time zone {v!r}") from None
+    return v
 
 
 class SegmentEvent(_Strict):
@@ -150,11 +163,7 @@ class QuietHours(_Strict):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        try:
-            pd.Timestamp("2024-01-01").tz_localize(v)
-        except Exception:  # noqa: BLE001 - pytz and zoneinfo raise different types
-            raise ValueError(f"unknown time zone {v!r}") from None
-        return v
+        return _zone(v)
 
 
 class Limits(_Strict):

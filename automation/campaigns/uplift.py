@@ -1,8 +1,9 @@
 """``shoal uplift CAMPAIGN``: treated against held out, after each trigger, with 95% intervals.
 
 For every decision in the treatment or holdout group, the outcome window is ``(triggered_at,
-triggered_at + window]``. A user converted if they placed an order in it (or redeemed the
-campaign's coupon); revenue is their order revenue in it. Per group: users, conversion rate,
+triggered_at + window]``. A user converted if they placed an order in it; revenue is their order
+revenue in it. The same definition holds for both groups (a coupon redemption arrives as an
+order carrying the code, so it counts as that order, never as a treated-only extra). Per group: users, conversion rate,
 revenue per user. Uplift: the difference treated - held out, with a normal-approximation 95%
 interval (unpooled standard errors: Wald for rates, Welch for revenue), and the relative uplift
 (difference / held-out rate) with a delta-method interval. Overall and per segment (the
@@ -80,9 +81,8 @@ def outcomes(engine: Engine, campaign: str, window: str = "30d") -> pd.DataFrame
         campaign_named(conn, campaign)  # a clear error for an unknown campaign
         dec = read_frame(
             conn,
-            "SELECT d.id, d.user_key, d.group_name, d.segment_id, d.triggered_at, "
-            "COALESCE(c.used, 0) AS redeemed FROM campaign_decisions d "
-            "LEFT JOIN coupons c ON c.decision_id = d.id "
+            "SELECT d.id, d.user_key, d.group_name, d.segment_id, d.triggered_at "
+            "FROM campaign_decisions d "
             "WHERE d.campaign = :c AND d.group_name IN ('treatment', 'holdout')",
             {"c": campaign},
         )
@@ -114,7 +114,7 @@ def outcomes(engine: Engine, campaign: str, window: str = "30d") -> pd.DataFrame
     dec = dec.join(per, on="id")
     dec["n"] = dec["n"].fillna(0)
     dec["revenue"] = dec["revenue"].fillna(0.0).astype(float)
-    dec["converted"] = ((dec["n"] > 0) | (dec["redeemed"].astype(float) > 0)).astype(float)
+    dec["converted"] = (dec["n"] > 0).astype(float)
     dec["complete"] = dec["end"] <= latest
     return dec[["group_name", "segment_id", "converted", "revenue", "complete"]]
 

@@ -226,7 +226,7 @@ def prepare_batch(acc: pd.DataFrame, non_product: object | None, binary: bool = 
         order = order.astype("object")
         order[no_order] = "@" + acc.loc[no_order, "ts"].astype("str")
     prep = Prepared(acc, ids, _min_id(ids), int(dup_in_batch.sum()), users, items, order)
-    if binary:
+    if binary and len(acc):
         head = {c: _stage_value(prep, c) for c in HEAD_COLUMNS}
         prep.head = Encoder(head, STAGE_TYPES, fields=len(STAGE_COLUMNS)).chunks()
     return prep
@@ -318,31 +318,35 @@ def load_batch(conn: Connection, prep: Prepared, batch_id: int) -> Loaded:
         raise RuntimeError(
             f"concurrent writer: staged {len(acc) - dup_stored} events, inserted {inserted}"
         )
+    redeem_coupons(conn, "_stage_events")  # before the fold: an order seen earlier is known
     fold_into_aggregates(conn, "_stage_events")
-    redeem_coupons(conn, "_stage_events")
     return Loaded(inserted, prep.dup_in_batch + dup_stored)
 
 
 def redeem_coupons(conn: Connection, source: str) -> None:
     """Count new purchases that carry a campaign coupon code as its redemptions.
 
-    Only purchases at or before the coupon's expiry count, and never beyond its usage limit.
+    Once per order (an order whose lines arrived in an earlier block is already counted), only
+    by the customer the coupon was issued to, only before it expires, and never beyond its
+    usage limit.
     """
     conn.execute(
         text(
             "UPDATE coupons SET used = CASE WHEN used + r.n > usage_limit THEN usage_limit "
-            "ELSE used + r.n END FROM (SELECT coupon, COUNT(DISTINCT order_id) AS n, "
-            f"MIN(ts) AS first_ts FROM {source} WHERE coupon IS NOT NULL AND type = 'purchase' "
-            "GROUP BY coupon) r WHERE coupons.code = r.coupon AND r.first_ts <= coupons.expires_at"
+            "ELSE used + r.n END FROM (SELECT s.coupon, COUNT(DISTINCT s.order_id) AS n "
+            f"FROM {source} s JOIN coupons c ON c.code = s.coupon AND c.user_key = s.user_key "
+            "WHERE s.type = 'purchase' AND s.ts <= c.expires_at AND NOT EXISTS "
+            "(SELECT 1 FROM user_orders o WHERE o.user_key = s.user_key "
+            "AND o.order_id = s.order_id) GROUP BY s.coupon) r WHERE coupons.code = r.coupon"
         )
     )
 
 
 _QUARANTINE_SQL = {
     "postgresql": "batch_id integer, source text, line bigint, reason varchar(50), detail text, "
-    "raw text, fingerprint varchar(32)",
+    "raw text, user_id varchar(200), fingerprint varchar(32)",
     "sqlite": "batch_id INTEGER, source TEXT, line INTEGER, reason TEXT, detail TEXT, raw TEXT, "
-    "fingerprint TEXT",
+    "user_id TEXT, fingerprint TEXT",
 }
 
 

@@ -92,6 +92,20 @@ class BatchSource:
     fmt: str
 
 
+def _rejected_users(
+    canonical: pd.DataFrame, rows: np.ndarray, n_read_rejects: int, settings: Settings
+) -> pd.Series:
+    """The user id of each quarantined row (None where unreadable), as the store keeps ids."""
+    given = canonical["user_id"].iloc[rows].astype("str").str.strip() if len(rows) else None
+    ids = pd.Series(
+        [*([] if given is None else given.tolist()), *([None] * n_read_rejects)], dtype=object
+    )
+    ids = ids.where(ids.notna() & (ids != ""), None)
+    if settings.pseudonym_key:
+        ids = pseudonymise(settings.pseudonym_key, ids)
+    return ids
+
+
 @dataclass
 class PreparedBlock:
     """A block validated and made ready to load, before any database work."""
@@ -128,6 +142,7 @@ def prepare_block(
                 [raw.lines[q_rows], np.array([r.line or -1 for r in raw.rejects], dtype=np.int64)]
             )
         ).replace(-1, pd.NA),
+        "user_id": _rejected_users(canonical, q_rows, len(raw.rejects), settings),
         "reason": pd.Series([*rej["reason"], *(r.reason for r in raw.rejects)], dtype="object"),
         "detail": pd.Series([*rej["detail"], *(r.detail for r in raw.rejects)], dtype="object"),
         "raw": pd.Series(

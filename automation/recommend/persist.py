@@ -17,15 +17,18 @@ from sqlalchemy import Connection, Engine, text
 
 from automation.recommend.base import Recommender
 
-Mark = tuple[int, int]  # (newest finished ingest batch, newest segmentation version)
+Mark = tuple[int, int, int]  # (newest finished ingest batch, newest version, erasures)
 
 
 def store_mark(conn: Connection) -> Mark:
+    """What a model reflects: the newest ingest batch and segmentation version, and how many
+    erasures happened (a model fitted before an erasure still holds the erased user)."""
     batch = conn.execute(
         text("SELECT COALESCE(MAX(id), 0) FROM ingest_batches WHERE finished_at IS NOT NULL")
     ).scalar()
     version = conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM segmentations")).scalar()
-    return int(batch or 0), int(version or 0)
+    erased = conn.execute(text("SELECT count FROM locks WHERE name = 'erasure'")).scalar()
+    return int(batch or 0), int(version or 0), int(erased or 0)
 
 
 def save_model(engine: Engine, name: str, model: Recommender, mark: Mark) -> None:
@@ -35,23 +38,26 @@ def save_model(engine: Engine, name: str, model: Recommender, mark: Mark) -> Non
         conn.execute(text("DELETE FROM recommender_models WHERE name = :n"), {"n": name})
         conn.execute(
             text(
-                "INSERT INTO recommender_models (name, batch_id, version_id, data) "
-                "VALUES (:n, :b, :v, :d)"
+                "INSERT INTO recommender_models (name, batch_id, version_id, erasures, data) "
+                "VALUES (:n, :b, :v, :e, :d)"
             ),
-            {"n": name, "b": mark[0], "v": mark[1], "d": buf.getvalue()},
+            {"n": name, "b": mark[0], "v": mark[1], "e": mark[2], "d": buf.getvalue()},
         )
 
 
 def load_model(engine: Engine, name: str) -> tuple[Recommender, Mark] | None:
     with engine.connect() as conn:
         row = conn.execute(
-            text("SELECT batch_id, version_id, data FROM recommender_models WHERE name = :n"),
+            text(
+                "SELECT batch_id, version_id, erasures, data FROM recommender_models "
+                "WHERE name = :n"
+            ),
             {"n": name},
         ).first()
     if row is None:
         return None
     model = Recommender.load(io.BytesIO(bytes(row.data)))  # type: ignore[arg-type]
-    return model, (int(row.batch_id), int(row.version_id))
+    return model, (int(row.batch_id), int(row.version_id), int(row.erasures))
 
 
 def _touched_users(conn: Connection, after_batch: int) -> list[str]:
@@ -75,7 +81,8 @@ def current_model(engine: Engine, name: str = "hybrid", **params: Any) -> tuple[
     stored = load_model(engine, name) if not params else None
     if stored is not None and stored[1] == mark:
         return stored
-    if stored is not None and stored[1][1] == mark[1] and stored[1][0] < mark[0]:
+    same = stored is not None and stored[1][1:] == mark[1:]  # same segmentation, no erasure
+    if stored is not None and same and stored[1][0] < mark[0]:
         model, old = stored
         with engine.connect() as conn:
             users = _touched_users(conn, old[0])

@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     app.include_router(routes_read.router, dependencies=guard)
     app.include_router(routes_admin.router)
     app.include_router(routes_dashboard.router, dependencies=guard)
+    app.include_router(routes_dashboard.pages)
 
     @app.middleware("http")
     async def timing(

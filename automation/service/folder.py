@@ -18,26 +18,23 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import text
-
 from automation.errors import EmptyStoreError, ShoalError
 from automation.service.state import ServiceState
 
 log = logging.getLogger("shoal.service.folder")
 FOLD_QUIET = 0.5  # fold once ingest has been quiet this long
 FOLD_EVERY = 3.0  # ... or at least this often under continuous ingest
+CAMPAIGNS_EVERY = 30.0  # embedded: campaigns and dispatch at least this often
 QUIET_SECONDS = 1.5  # refit the recommender once ingest has been quiet this long
 REFIT_EVERY = 60.0  # ... or at least this often under continuous ingest
 
 
-def store_mark(state: ServiceState) -> tuple[int, int]:
-    """(newest finished ingest batch, newest segmentation version)."""
+def store_mark(state: ServiceState) -> tuple[int, int, int]:
+    """(newest finished ingest batch, newest segmentation version, erasures)."""
+    from automation.recommend.persist import store_mark as mark_of
+
     with state.engine.connect() as conn:
-        batch = conn.execute(
-            text("SELECT COALESCE(MAX(id), 0) FROM ingest_batches WHERE finished_at IS NOT NULL")
-        ).scalar()
-        version = conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM segmentations")).scalar()
-    return int(batch or 0), int(version or 0)
+        return mark_of(conn)
 
 
 def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
@@ -59,24 +56,37 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
         if out.get("version") or out.get("refit"):
             did["update"] = out.get("version") or out["refit"]["version"]
             state.metrics.folds.inc()
-            try:
-                did["campaigns"] = [c["queued"] for c in campaigns.run(state.engine).campaigns]
-            except ShoalError as err:
-                log.warning("campaigns: %s", err)
+            state.last_campaigns = 0.0  # segment changes: decide at once
+    if embedded and now - state.last_campaigns > CAMPAIGNS_EVERY:
+        # Without workers, this loop is the worker: campaigns (segment-change, schedule and
+        # feature triggers) and then the deliveries they queued.
+        from automation.campaigns.dispatch import dispatch
+
+        state.last_campaigns = now
+        try:
+            did["campaigns"] = [c["queued"] for c in campaigns.run(state.engine).campaigns]
+            did["dispatched"] = dispatch(state.engine, state.settings).to_dict()["sent"]
+        except ShoalError as err:
+            log.warning("campaigns: %s", err)
     mark = store_mark(state)
     snap = state.snapshot
-    if mark[1] and (snap is None or snap.version != mark[1]):
+    if mark[1] and (snap is None or (snap.version, snap.erasures) != (mark[1], mark[2])):
         from automation.service import lookup
 
         with state.engine.connect() as conn:
-            state.snapshot = lookup.load(conn)
+            fresh = lookup.load(conn)
+        if fresh is not None:
+            fresh.erasures = mark[2]
+        state.snapshot = fresh
         did["snapshot"] = mark[1]
     current = state.recommender
     now = time.monotonic()
     # Refit when the store changed, but not while ingest requests keep arriving (at most once
     # per REFIT_EVERY seconds then): a refit takes CPU the requests need.
     quiet = now - state.last_ingest > QUIET_SECONDS or now - state.last_refit > REFIT_EVERY
-    if mark[1] and (current is None or (current[2] != mark and quiet)):
+    forced = state.force_refit.is_set()
+    if mark[1] and (current is None or forced or (current[2] != mark and quiet)):
+        state.force_refit.clear()
         from automation.recommend.persist import current_model
 
         rec, mark = current_model(state.engine, "hybrid")

@@ -30,6 +30,7 @@ class Snapshot:
     labels: np.ndarray | None
     names: dict[str, str]
     version_as_of: str
+    erasures: int = 0  # the store's erasure count when loaded (a later erasure makes it stale)
 
 
 def load(conn: Connection) -> Snapshot | None:

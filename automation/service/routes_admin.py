@@ -17,8 +17,18 @@ router = APIRouter(tags=["admin"], responses=ERRORS)
 
 @router.post("/v1/refresh", status_code=202)
 def refresh(state: ServiceState = Depends(write_access)) -> dict[str, Any]:
-    """Fold pending events and refit the recommender now, in the background."""
-    state.recommender = None if state.recommender is None else state.recommender
+    """Fold pending events and refit the recommender now, in the background (with a broker,
+    the workers' update is enqueued too)."""
+    state.force_refit.set()
+    state.last_ingest = 0.0
+    state.last_fold = 0.0
+    if state.settings.broker_url:
+        from automation.tasks.celery_app import make_celery
+        from automation.tasks.jobs import UPDATE, enqueue
+
+        if state.celery is None:
+            state.celery = make_celery(state.settings)
+        enqueue(state.celery, UPDATE, expires=60)
     state.wake.set()
     return {"status": "scheduled"}
 

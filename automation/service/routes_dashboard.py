@@ -17,14 +17,18 @@ from automation.service.state import ServiceState
 
 HERE = Path(__file__).resolve().parent
 router = APIRouter(tags=["dashboard"], responses=ERRORS)
+#: The page and its script: never behind the token (a browser cannot send a bearer header when
+#: it opens a page); with SHOAL_API_READS=token the page sends the token it is given in its
+#: address (``/#token=...``) with its data request.
+pages = APIRouter(include_in_schema=False)
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+@pages.get("/", response_class=HTMLResponse)
 def page() -> HTMLResponse:
     return HTMLResponse((HERE / "dashboard.html").read_text(encoding="utf-8"))
 
 
-@router.get("/static/echarts.min.js", include_in_schema=False)
+@pages.get("/static/echarts.min.js")
 def echarts() -> FileResponse:
     return FileResponse(HERE / "static" / "echarts.min.js", media_type="text/javascript")
 

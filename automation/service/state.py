@@ -59,6 +59,8 @@ class ServiceState:
     last_ingest: float = 0.0  # monotonic time of the newest ingest request
     last_refit: float = 0.0  # monotonic time the recommender was last refitted
     last_fold: float = 0.0  # monotonic time of the last fold
+    last_campaigns: float = 0.0  # monotonic time campaigns last ran in this process
+    force_refit: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.token = self.settings.api_token or secrets.token_urlsafe(24)

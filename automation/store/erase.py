@@ -1,13 +1,14 @@
 """Erasure of one user (a data-subject request): every row about them, and their contribution.
 
-Removed in one transaction, under the ingest lock: the user's events, running aggregates
+Removed in one transaction, under the segmentation and ingest locks: the user's events, running aggregates
 (``user_stats``, ``user_orders``, ``user_items``, ``user_categories``, ``batch_users``),
-memberships, migrations, segment-change outbox events, campaign decisions, deliveries, coupons,
-routing, quarantined rows that name them, the user row itself, and their row in the newest
-feature snapshot. Their contribution to segment statistics is taken out: each segment's
+memberships, migrations, segment-change outbox events, campaign decisions, deliveries and their
+dead letters, coupons, routing, quarantined rows with their id, the user row itself, and their
+row in the newest feature snapshot. Their contribution to segment statistics is taken out: each segment's
 ``size`` (and ``share``) in every version they were counted in, and the live segment state's
-weight. Recommendation factors are refitted from the store by the next refresh, which no longer
-holds any of their events.
+weight. Stored recommender models are deleted and the erasure counter moves on, so every model
+fitted with the user (stored, or held by a running service) is stale and is refitted from a
+store that no longer holds any of their events.
 """
 
 from __future__ import annotations
@@ -75,7 +76,11 @@ def erase_user(engine: Engine, external_id: str) -> dict[str, int]:
     """Erase ``external_id``; returns rows removed per table. NotFoundError if unknown."""
     removed: dict[str, int] = {}
     with engine.begin() as conn:
+        # The segmentation lock first (updates and refits hold it while they read and write
+        # memberships), then the ingest lock: nothing folds the user back in meanwhile.
+        acquire_lock(conn, "segmentation")
         acquire_lock(conn, "ingest")
+        acquire_lock(conn, "erasure")  # counts erasures: models fitted before are stale
         key = conn.execute(
             text("SELECT id FROM users WHERE external_id = :x"), {"x": external_id}
         ).scalar()
@@ -103,12 +108,22 @@ def erase_user(engine: Engine, external_id: str) -> dict[str, int]:
         removed["memberships"] = conn.execute(
             text("DELETE FROM memberships WHERE user_key = :u"), {"u": user_key}
         ).rowcount
+        removed["dead_letters"] = conn.execute(
+            text(
+                "DELETE FROM dead_letters WHERE delivery_id IN "
+                "(SELECT id FROM deliveries WHERE user_key = :u)"
+            ),
+            {"u": user_key},
+        ).rowcount
+        removed["recommender_models"] = conn.execute(
+            text("DELETE FROM recommender_models")
+        ).rowcount
         for table in USER_TABLES:
             removed[table] = conn.execute(
                 text(f"DELETE FROM {table} WHERE user_key = :u"), {"u": user_key}
             ).rowcount
         removed["quarantine"] = conn.execute(
-            text("DELETE FROM quarantine WHERE raw LIKE :p"), {"p": f"%{external_id}%"}
+            text("DELETE FROM quarantine WHERE user_id = :x"), {"x": external_id}
         ).rowcount
         _drop_from_snapshot(conn, user_key)
         conn.execute(

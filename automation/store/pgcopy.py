@@ -41,7 +41,7 @@ def _fixed(mat: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
 
 def _be(values: np.ndarray, dtype: str) -> np.ndarray:
     a = np.ascontiguousarray(values.astype(dtype))
-    return a.view(np.uint8).reshape(len(a), -1)
+    return a.view(np.uint8).reshape(len(a), a.dtype.itemsize)
 
 
 def _lengths(width: int, valid: np.ndarray | None, n: int) -> pa.Array:
