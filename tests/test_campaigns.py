@@ -418,3 +418,56 @@ def test_feature_migrated_and_schedule_triggers_with_cooldown(
         c["campaign"]: c for c in campaigns.run(engine, now=later + pd.Timedelta(hours=2)).campaigns
     }
     assert third["hourly"]["treatment"] == first["hourly"]["treatment"]  # cooldown over
+
+
+def test_a_failing_campaign_is_skipped_and_rolled_back(
+    engine: Engine, shop: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jinja2 import TemplateError
+
+    import automation.campaigns.engine as eng
+
+    api.update(engine, [shop["base"]])
+    seg = largest_segment(engine)
+    for name in ("good", "bad"):
+        campaigns.load(
+            engine,
+            write(
+                tmp_path / f"{name}.yaml",
+                f'name: {name}\ntrigger: {{entered: "{seg}"}}\nholdout: 0\n'
+                "channel: {type: email, template: picked_for_you, subject: hi, "
+                "recommendations: 0}\n",
+            ),
+        )
+    api.update(engine, [shop["later"]], refit_on_drift=False)
+    real = eng.render_message
+
+    def render(spec: Any, ctx: Any, root: Any = None) -> Any:
+        if spec.name == "bad":
+            raise TemplateError("a broken template")
+        return real(spec, ctx, root)
+
+    monkeypatch.setattr(eng, "render_message", render)
+    # "bad" sorts first (same priority): it is decided first and fails after its decisions
+    with engine.connect() as conn:
+        before = conn.execute(
+            text("SELECT outbox_id FROM campaign_cursors WHERE name = 'bad'")
+        ).scalar()
+    out = {c["campaign"]: c for c in campaigns.run(engine, with_items=False).campaigns}
+    assert "a broken template" in out["bad"]["error"]
+    assert out["good"]["treatment"] > 0
+    with engine.connect() as conn:
+        rows = dict(
+            conn.execute(
+                text("SELECT campaign, COUNT(*) FROM campaign_decisions GROUP BY campaign")
+            ).all()
+        )
+        cursor = conn.execute(
+            text("SELECT outbox_id FROM campaign_cursors WHERE name = 'bad'")
+        ).scalar()
+    assert "bad" not in rows and rows["good"] == out["good"]["occurrences"]
+    assert cursor == before  # kept where it was: its occurrences are retried next run
+    monkeypatch.setattr(eng, "render_message", real)
+    again = {c["campaign"]: c for c in campaigns.run(engine, with_items=False).campaigns}
+    assert again["bad"]["treatment"] == out["good"]["treatment"]  # decided once it works
+    assert again["good"]["occurrences"] == 0

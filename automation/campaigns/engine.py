@@ -371,6 +371,7 @@ def run_campaigns(
         for camp in camps:
             # Each campaign in its own savepoint: one that fails (a bad template for one user,
             # a store error) is reported and skipped, and the others are still decided.
+            before = {medium: set(users) for medium, users in claimed.items()}
             try:
                 with conn.begin_nested():
                     cursor = cursor_of(conn, camp.name)
@@ -388,6 +389,7 @@ def run_campaigns(
                         set_cursor(conn, camp.name, top, ts_param(conn, now))
             except (ShoalError, TemplateError, LookupError, ValueError, SQLAlchemyError) as exc:
                 log.error("campaign %s failed and was skipped: %s", camp.name, exc)
+                claimed = before  # its claims on users go with its rolled-back decisions
                 report.campaigns.append(
                     {
                         "campaign": camp.name,
