@@ -471,3 +471,22 @@ def test_a_failing_campaign_is_skipped_and_rolled_back(
     again = {c["campaign"]: c for c in campaigns.run(engine, with_items=False).campaigns}
     assert again["bad"]["treatment"] == out["good"]["treatment"]  # decided once it works
     assert again["good"]["occurrences"] == 0
+
+
+def test_a_deactivated_campaign_sends_nothing_more(
+    engine: Engine, shop: dict[str, Any], tmp_path: Path
+) -> None:
+    api.update(engine, [shop["base"]])
+    seg = largest_segment(engine)
+    body = (
+        f'name: paused\ntrigger: {{entered: "{seg}"}}\nholdout: 0\n'
+        f"channel: {{type: export, path: '{tmp_path / 'x.csv'}'}}\n"
+    )
+    campaigns.load(engine, write(tmp_path / "paused.yaml", body))
+    api.update(engine, [shop["later"]], refit_on_drift=False)
+    queued = campaigns.run(engine).campaigns[0]["queued"]
+    assert queued > 0
+    campaigns.load(engine, write(tmp_path / "paused.yaml", body + "active: false\n"))
+    report = dispatch(engine, Settings())
+    assert (report.sent, report.cancelled) == (0, queued)
+    assert not (tmp_path / "x.csv").exists()

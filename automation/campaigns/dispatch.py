@@ -4,7 +4,8 @@ Each delivery is claimed with a row lock (``FOR UPDATE SKIP LOCKED`` on PostgreS
 workers share the queue; SQLite serialises writers), sent, and marked ``sent`` before the lock is
 released. A failure counts an attempt and schedules the next one with exponential back-off
 (``base * 2 ** (attempts - 1)``); after ``max_attempts`` the delivery is ``dead`` and copied to
-``dead_letters`` with its last error. A worker killed mid-send leaves the row ``pending`` (its
+``dead_letters`` with its last error. Deliveries of a campaign switched off (``active: false``)
+are ``cancelled``, not sent. A worker killed mid-send leaves the row ``pending`` (its
 transaction never committed) and the next dispatch sends it again, with the same idempotency key.
 """
 
@@ -36,6 +37,7 @@ class DispatchReport:
     sent: int = 0
     retried: int = 0
     dead: int = 0
+    cancelled: int = 0
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,6 +45,7 @@ class DispatchReport:
             "sent": self.sent,
             "retried": self.retried,
             "dead": self.dead,
+            "cancelled": self.cancelled,
             "errors": self.errors[:20],
         }
 
@@ -107,7 +110,7 @@ def _parquet_parts(engine: Engine, at: pd.Timestamp, report: DispatchReport) -> 
             by_campaign.setdefault(r.campaign, []).append(r)
         for name, mine in by_campaign.items():
             spec = campaign_named(conn, name).spec
-            if spec.channel.format != "parquet" or spec.channel.path is None:
+            if spec.channel.format != "parquet" or spec.channel.path is None or not spec.active:
                 continue
             try:
                 _write_part(conn, name, spec, mine, at)
@@ -159,6 +162,16 @@ def dispatch(
                 break
             if row.campaign not in specs:
                 specs[row.campaign] = campaign_named(conn, row.campaign).spec
+            if not specs[row.campaign].active:  # switched off: what it queued is not sent
+                conn.execute(
+                    text(
+                        "UPDATE deliveries SET status = 'cancelled', last_error = "
+                        "'campaign deactivated' WHERE id = :id"
+                    ),
+                    {"id": row.id},
+                )
+                report.cancelled += 1
+                continue
             try:
                 spec = specs[row.campaign]
                 if spec.channel.type != row.channel:
