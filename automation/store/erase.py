@@ -1,6 +1,6 @@
 """Erasure of one user (a data-subject request): every row about them, and their contribution.
 
-Removed in one transaction, under the segmentation and ingest locks: the user's events, running aggregates
+Removed in one transaction, under the segmentation, ingest and campaigns locks: the user's events, running aggregates
 (``user_stats``, ``user_orders``, ``user_items``, ``user_categories``, ``batch_users``),
 memberships, migrations, segment-change outbox events, campaign decisions, deliveries and their
 dead letters, coupons, routing, quarantined rows with their id, the user row itself, and their
@@ -80,6 +80,7 @@ def erase_user(engine: Engine, external_id: str) -> dict[str, int]:
         # memberships), then the ingest lock: nothing folds the user back in meanwhile.
         acquire_lock(conn, "segmentation")
         acquire_lock(conn, "ingest")
+        acquire_lock(conn, "campaigns")  # no campaign decides for them meanwhile
         acquire_lock(conn, "erasure")  # counts erasures: models fitted before are stale
         key = conn.execute(
             text("SELECT id FROM users WHERE external_id = :x"), {"x": external_id}
