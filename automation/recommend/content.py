@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-import numpy as np
-
 from automation.errors import ValidationError
-from automation.recommend.base import Recommender
-from automation.recommend.context import csr_arrays, csr_from
-from automation.recommend.data import Catalogue, FloatArray, IntArray, Interactions
-from automation.recommend.knn import anchor_reasons
+from automation.recommend.data import Catalogue, Interactions
+from automation.recommend.knn import NeighbourRecommender
 from automation.recommend.similarity import text_similarity
 
 
@@ -24,7 +17,7 @@ def item_texts(cat: Catalogue) -> list[str]:
     return out
 
 
-class ContentRecommender(Recommender):
+class ContentRecommender(NeighbourRecommender):
     """Scores an item by the TF-IDF cosine of its text to the texts of the user's items.
 
     Parameters
@@ -36,6 +29,7 @@ class ContentRecommender(Recommender):
     """
 
     name = "content"
+    reason = "similar to {anchor}"
     defaults = {"k": 50, "ngram_max": 2}
 
     def _check_params(self) -> None:
@@ -48,24 +42,3 @@ class ContentRecommender(Recommender):
         self.sim_ = text_similarity(
             item_texts(self.context.catalogue), int(self.params["k"]), int(self.params["ngram_max"])
         )
-
-    def _scores(self, rows: IntArray, segments: IntArray) -> FloatArray:
-        return np.asarray((self.context.profile_rows(rows) @ self.sim_).todense())
-
-    def _reasons(self, rows: IntArray, segments: IntArray, items: IntArray) -> list[list[str]]:
-        return anchor_reasons(
-            self.context.profile_rows(rows),
-            self.sim_,
-            items,
-            self.context.catalogue.names,
-            "similar to {anchor}",
-        )
-
-    def _item_similarity(self, item: int) -> FloatArray:
-        return np.asarray(self.sim_[item].todense()).ravel()
-
-    def _state(self) -> dict[str, Any]:
-        return csr_arrays("sim", self.sim_)
-
-    def _set_state(self, z: Mapping[str, Any]) -> None:
-        self.sim_ = csr_from(z, "sim")

@@ -39,7 +39,35 @@ def anchor_reasons(
     return out
 
 
-class ItemKNNRecommender(Recommender):
+class NeighbourRecommender(Recommender):
+    """Scores an item by its similarity (``sim_``, items x items) to the user's items; the
+    subclass's ``_fit`` builds ``sim_`` and ``reason`` names the anchor item."""
+
+    reason = "similar to {anchor}"
+
+    def _scores(self, rows: IntArray, segments: IntArray) -> FloatArray:
+        return np.asarray((self.context.profile_rows(rows) @ self.sim_).todense())
+
+    def _reasons(self, rows: IntArray, segments: IntArray, items: IntArray) -> list[list[str]]:
+        return anchor_reasons(
+            self.context.profile_rows(rows),
+            self.sim_,
+            items,
+            self.context.catalogue.names,
+            self.reason,
+        )
+
+    def _item_similarity(self, item: int) -> FloatArray:
+        return np.asarray(self.sim_[item].todense()).ravel()
+
+    def _state(self) -> dict[str, Any]:
+        return csr_arrays("sim", self.sim_)
+
+    def _set_state(self, z: Mapping[str, Any]) -> None:
+        self.sim_ = csr_from(z, "sim")
+
+
+class ItemKNNRecommender(NeighbourRecommender):
     """Scores an item by the similarity of its neighbours to what the user bought or viewed.
 
     Parameters
@@ -55,6 +83,7 @@ class ItemKNNRecommender(Recommender):
     """
 
     name = "item-knn"
+    reason = "customers who bought {anchor} also bought this"
     defaults = {"similarity": "cosine", "k": 100, "shrink": 0.0, "bm25_k1": 1.2, "bm25_b": 0.75}
 
     def _check_params(self) -> None:
@@ -71,24 +100,3 @@ class ItemKNNRecommender(Recommender):
         self.sim_ = cooccurrence_similarity(
             basis, p["similarity"], int(p["k"]), float(p["shrink"]), p["bm25_k1"], p["bm25_b"]
         )
-
-    def _scores(self, rows: IntArray, segments: IntArray) -> FloatArray:
-        return np.asarray((self.context.profile_rows(rows) @ self.sim_).todense())
-
-    def _reasons(self, rows: IntArray, segments: IntArray, items: IntArray) -> list[list[str]]:
-        return anchor_reasons(
-            self.context.profile_rows(rows),
-            self.sim_,
-            items,
-            self.context.catalogue.names,
-            "customers who bought {anchor} also bought this",
-        )
-
-    def _item_similarity(self, item: int) -> FloatArray:
-        return np.asarray(self.sim_[item].todense()).ravel()
-
-    def _state(self) -> dict[str, Any]:
-        return csr_arrays("sim", self.sim_)
-
-    def _set_state(self, z: Mapping[str, Any]) -> None:
-        self.sim_ = csr_from(z, "sim")
