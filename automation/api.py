@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, Row, select, text
 
+from automation.campaigns.store import routing_of
 from automation.config import Settings
 from automation.errors import EmptyStoreError, NotFoundError, ValidationError
 from automation.features.build import build_features, latest_event_time
@@ -155,29 +156,14 @@ def user(engine: Engine, user_id: str, as_of: datetime | str | None = None) -> d
                     "name": names.get(sid),
                 }
         moves = migrations_between(conn, user_key=int(key))
-        route = conn.execute(
-            text(
-                "SELECT queue, priority, script, campaign, segment_id, updated_at FROM routing "
-                "WHERE user_key = :u"
-            ),
-            {"u": int(key)},
-        ).first()
+        route = routing_of(conn, int(key))
     row = feats.frame.iloc[0] if len(feats.frame) else pd.Series(dtype=float)
     return {
         "user_id": user_id,
         "as_of": at.isoformat(),
         "features": {k: float(v) for k, v in row.items()},
         "segment": segment,
-        "routing": None
-        if route is None
-        else {
-            "queue": route.queue,
-            "priority": int(route.priority),
-            "script": route.script,
-            "campaign": route.campaign,
-            "segment_id": route.segment_id,
-            "since": str(route.updated_at),
-        },
+        "routing": route,
         "history": [_migration_dict(r) for r in moves.to_dict("records")],
     }
 

@@ -336,6 +336,26 @@ def _route(
     )
 
 
+def _summary(camp: StoredCampaign, decided: pd.DataFrame | None, queued: int) -> dict[str, Any]:
+    """A campaign's line in the run report (``decided`` None: it failed, nothing decided)."""
+    groups = (
+        decided["group_name"].value_counts().to_dict()
+        if decided is not None and len(decided)
+        else {}
+    )
+    return {
+        "campaign": camp.name,
+        "version": camp.version,
+        "trigger": camp.spec.trigger.kind,
+        "channel": camp.spec.channel.type,
+        "occurrences": 0 if decided is None else len(decided),
+        "treatment": int(groups.get("treatment", 0)),
+        "holdout": int(groups.get("holdout", 0)),
+        "suppressed": int(groups.get("suppressed", 0)),
+        "queued": queued,
+    }
+
+
 def _text(value: Any) -> str | None:
     return None if value is None or (isinstance(value, float) and value != value) else str(value)
 
@@ -390,35 +410,9 @@ def run_campaigns(
             except (ShoalError, TemplateError, LookupError, ValueError, SQLAlchemyError) as exc:
                 log.error("campaign %s failed and was skipped: %s", camp.name, exc)
                 claimed = before  # its claims on users go with its rolled-back decisions
-                report.campaigns.append(
-                    {
-                        "campaign": camp.name,
-                        "version": camp.version,
-                        "error": str(exc),
-                        "trigger": camp.spec.trigger.kind,
-                        "channel": camp.spec.channel.type,
-                        "occurrences": 0,
-                        "treatment": 0,
-                        "holdout": 0,
-                        "suppressed": 0,
-                        "queued": 0,
-                    }
-                )
+                report.campaigns.append({**_summary(camp, None, 0), "error": str(exc)})
                 continue
-            groups = decided["group_name"].value_counts().to_dict() if len(decided) else {}
-            report.campaigns.append(
-                {
-                    "campaign": camp.name,
-                    "version": camp.version,
-                    "trigger": camp.spec.trigger.kind,
-                    "channel": camp.spec.channel.type,
-                    "occurrences": len(decided),
-                    "treatment": int(groups.get("treatment", 0)),
-                    "holdout": int(groups.get("holdout", 0)),
-                    "suppressed": int(groups.get("suppressed", 0)),
-                    "queued": queued,
-                }
-            )
+            report.campaigns.append(_summary(camp, decided, queued))
             for r in decided.head(1000).itertuples(index=False):
                 report.decisions.append(
                     {

@@ -119,3 +119,24 @@ def set_cursor(conn: Connection, name: str, outbox_id: int, now: Any) -> None:
             text("INSERT INTO campaign_cursors (name, outbox_id, updated_at) VALUES (:n, :o, :t)"),
             {"o": outbox_id, "t": now, "n": name},
         )
+
+
+def routing_of(conn: Connection, user_key: int) -> dict[str, Any] | None:
+    """A user's customer-service routing (queue, priority, script, from which campaign), if any."""
+    route = conn.execute(
+        text(
+            "SELECT queue, priority, script, campaign, segment_id, updated_at FROM routing "
+            "WHERE user_key = :u"
+        ),
+        {"u": user_key},
+    ).first()
+    if route is None:
+        return None
+    return {
+        "queue": route.queue,
+        "priority": int(route.priority),
+        "script": route.script,
+        "campaign": route.campaign,
+        "segment_id": route.segment_id,
+        "since": str(route.updated_at),
+    }

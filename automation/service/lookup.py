@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, text
 
+from automation.campaigns.store import routing_of
 from automation.store.history import load_snapshot
 from automation.store.segmentations import current_version, segments_of
 
@@ -60,13 +61,7 @@ def lookup(conn: Connection, snap: Snapshot, user_id: str, n_moves: int) -> dict
         return None
     row = snap.rows[int(key)]
     seg = str(snap.labels[row])
-    route = conn.execute(
-        text(
-            "SELECT queue, priority, script, campaign, segment_id, updated_at FROM routing "
-            "WHERE user_key = :u"
-        ),
-        {"u": int(key)},
-    ).first()
+    route = routing_of(conn, int(key))
     moves = conn.execute(
         text(
             "SELECT from_segment, to_segment, at, reason, version_id FROM segment_migrations "
@@ -83,16 +78,7 @@ def lookup(conn: Connection, snap: Snapshot, user_id: str, n_moves: int) -> dict
             "version": snap.version,
             "as_of": snap.version_as_of,
         },
-        "routing": None
-        if route is None
-        else {
-            "queue": route.queue,
-            "priority": int(route.priority),
-            "script": route.script,
-            "campaign": route.campaign,
-            "segment_id": route.segment_id,
-            "since": str(route.updated_at),
-        },
+        "routing": route,
         "features": {c: float(v) for c, v in zip(snap.columns, snap.values[row], strict=True)},
         "migrations": [
             {

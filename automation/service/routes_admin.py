@@ -22,13 +22,7 @@ def refresh(state: ServiceState = Depends(write_access)) -> dict[str, Any]:
     state.force_refit.set()
     state.last_ingest = 0.0
     state.last_fold = 0.0
-    if state.settings.broker_url:
-        from automation.tasks.celery_app import make_celery
-        from automation.tasks.jobs import UPDATE, enqueue
-
-        if state.celery is None:
-            state.celery = make_celery(state.settings)
-        enqueue(state.celery, UPDATE, expires=60)
+    state.enqueue_update()
     state.wake.set()
     return {"status": "scheduled"}
 

@@ -86,13 +86,7 @@ def _notify(state: ServiceState) -> None:
     """Wake the background loop; with a broker, also enqueue the workers' update."""
     state.last_ingest = time.monotonic()
     state.wake.set()
-    if state.settings.broker_url:
-        from automation.tasks.celery_app import make_celery
-        from automation.tasks.jobs import UPDATE, enqueue
-
-        if state.celery is None:
-            state.celery = make_celery(state.settings)
-        enqueue(state.celery, UPDATE, expires=60)
+    state.enqueue_update()
 
 
 @router.post("/track", response_model=IngestOut)

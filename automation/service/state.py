@@ -64,3 +64,15 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         self.token = self.settings.api_token or secrets.token_urlsafe(24)
+
+    def enqueue_update(self) -> None:
+        """With a broker, have a worker fold pending events (``shoal.update``); else nothing
+        (the background loop folds them itself)."""
+        if not self.settings.broker_url:
+            return
+        from automation.tasks.celery_app import make_celery
+        from automation.tasks.jobs import UPDATE, enqueue
+
+        if self.celery is None:
+            self.celery = make_celery(self.settings)
+        enqueue(self.celery, UPDATE, expires=60)

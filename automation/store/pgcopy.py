@@ -137,15 +137,6 @@ def join_rows(head: list[pa.Array], tail: Encoder) -> list[pa.Buffer]:
     return body
 
 
-def encode(columns: Mapping[str, Any], types: Mapping[str, str]) -> list[pa.Buffer]:
-    """The whole ``COPY ... (FORMAT binary)`` stream of ``columns``, in chunks of rows."""
-    enc = Encoder(columns, types)
-    body = [pa.py_buffer(HEADER)]
-    body += [enc.rows(i, min(i + CHUNK_ROWS, enc.n)) for i in range(0, enc.n, CHUNK_ROWS)]
-    body.append(pa.py_buffer(TRAILER))
-    return body
-
-
 def copy_binary(conn: Connection, table: str, names: Sequence[str], body: list[pa.Buffer]) -> None:
     """Send an encoded stream with ``COPY table (names) FROM STDIN (FORMAT binary)``."""
     raw: Any = conn.connection.dbapi_connection
