@@ -17,6 +17,7 @@ from models.campaigns import (
 from models.dynamics import (
     BatchUser,
     FeatureSnapshot,
+    FeatureSnapshotDelta,
     Lock,
     Outbox,
     RecommenderModel,
@@ -40,6 +41,7 @@ __all__ = [
     "Routing",
     "BatchUser",
     "FeatureSnapshot",
+    "FeatureSnapshotDelta",
     "Lock",
     "Outbox",
     "RecommenderModel",

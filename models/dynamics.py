@@ -6,8 +6,10 @@
                         (born, retired, split, merged, drifted; MONIC's survival, absorption,
                         disappearance and emergence at refits).
 ``segment_state``       the live state of every segment (centre, decayed weight, spread).
-``feature_snapshots``   the per-user raw features of the newest version (compressed arrays),
-                        so an update touches only the users that new events touch.
+``feature_snapshots``   the per-user raw features and segment ids of the newest refit or
+                        compaction (arrays; time-driven cells as anchors), so an update
+                        touches only the users that new events touch.
+``feature_snapshot_deltas`` per update since that base, only the rows that changed.
 ``batch_users``         which users each ingest batch touched.
 ``outbox``              segment-change events (``Segment Entered``, ``Segment Exited``, ...) with
                         idempotency keys, written in the same transaction as the memberships.
@@ -77,6 +79,18 @@ class FeatureSnapshot(Base):
     as_of: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     columns: Mapped[list[str]] = mapped_column(JSONType, nullable=False)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    token: Mapped[str | None] = mapped_column(String(32))
+
+
+class FeatureSnapshotDelta(Base):
+    __tablename__ = "feature_snapshot_deltas"
+
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_version_id: Mapped[int] = mapped_column(Integer, nullable=False, index=True)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    n_rows: Mapped[int] = mapped_column(Integer, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    token: Mapped[str] = mapped_column(String(32), nullable=False)
 
 
 class BatchUser(Base):

@@ -38,7 +38,7 @@ from tests.test_tasks_support import (
 pytestmark = pytest.mark.postgres
 TIMEOUT = 90.0
 #: The table each task writes late in its transaction: locking it stops the task there.
-LATE_WRITE = {INGEST: "batch_users", UPDATE: "feature_snapshots", REFIT: "memberships"}
+LATE_WRITE = {INGEST: "batch_users", UPDATE: "feature_snapshot_deltas", REFIT: "memberships"}
 
 
 @dataclass

@@ -19,9 +19,7 @@ from automation.segments.lineage import match_refit
 from automation.segments.result import SegmentationResult, clean
 from automation.segments.structure import bimodality
 from automation.store.history import (
-    load_snapshot,
     resolve,
-    save_snapshot,
     save_state,
     write_migrations,
     write_outbox,
@@ -35,6 +33,7 @@ from automation.store.segmentations import (
     save_segmentation,
     segments_of,
 )
+from automation.store.snapshots import load_snapshot, save_snapshot
 from models import Segmentation
 
 

@@ -27,7 +27,6 @@ from sqlalchemy import Connection, Engine, text
 
 from automation.config import Settings
 from automation.errors import EmptyStoreError
-from automation.features.affinity import AffinityModel
 from automation.features.build import build_features, latest_event_time
 from automation.features.scaling import FeatureScaler
 from automation.segments.dynamic import NONE, DynamicSegmenter
@@ -39,10 +38,8 @@ from automation.segments.result import clean
 from automation.segments.structure import StructurePolicy, apply_structure
 from automation.store.bulk import read_frame
 from automation.store.history import (
-    load_snapshot,
     load_state,
     resolve,
-    save_snapshot,
     save_state,
     write_migrations,
     write_outbox,
@@ -56,9 +53,18 @@ from automation.store.segmentations import (
     save_segmentation,
     segments_of,
 )
+from automation.store.snapshots import (
+    Compaction,
+    Rows,
+    Stored,
+    encode,
+    load_stored,
+    materialise,
+    save_delta,
+    upsert,
+)
 from models import Segmentation
 
-TIME_COLUMNS = ("recency_days", "tenure_days")
 PROFILE_SAMPLE = 50_000
 
 
@@ -104,16 +110,20 @@ class DriftReport:
         }
 
 
-def _advance(raw: pd.DataFrame, dt_days: float) -> pd.DataFrame:
-    """Time passes for everyone: recency and tenure grow; so does a one-order inter-purchase."""
-    out = raw.copy()
-    for col in TIME_COLUMNS:
-        if col in out:
-            out[col] = out[col] + dt_days
-    if "interpurchase_days" in out and "frequency" in out:
-        one = out["frequency"] < 2
-        out.loc[one, "interpurchase_days"] = out.loc[one, "interpurchase_days"] + dt_days
-    return out
+def _fresh_rows(snap: Stored, fresh: pd.DataFrame, at: pd.Timestamp) -> Rows:
+    """The touched users' new rows in the stored form (as of ``at``), their old segment kept.
+
+    A column the new features lack keeps the stored value (``0`` for a new user)."""
+    fresh = fresh.sort_index()
+    keys = fresh.index.to_numpy(dtype=np.int64)
+    pos, hit = snap.positions(keys)
+    frame = fresh.reindex(columns=snap.columns)
+    missing = [c for c in snap.columns if c not in fresh.columns]
+    if missing and hit.any():
+        old = snap.frame_of(keys[hit]).reindex(columns=missing)
+        frame.loc[frame.index[hit], missing] = old.to_numpy()
+    labels = np.where(hit, snap.rows.labels[pos] if len(snap.rows) else NONE, NONE)
+    return encode(frame.fillna(0.0), at, labels.astype(object))
 
 
 def pending_batches(conn: Connection, watermark: int) -> int | None:
@@ -136,8 +146,11 @@ def run_update(
     policy: StructurePolicy | None = None,
     half_life_days: float = 7.0,
     margin: float = 0.65,
+    compaction: Compaction | None = None,
 ) -> UpdateResult | None:
-    """Fold every pending ingest batch into the live segmentation; ``None`` if none is pending."""
+    """Fold every pending ingest batch into the live segmentation; ``None`` if none is pending.
+
+    ``compaction``: when the feature snapshot's deltas are folded into a full one."""
     del settings  # reserved: thresholds from configuration
     started = time.perf_counter()
     with engine.begin() as conn:
@@ -150,7 +163,7 @@ def run_update(
             if task_key is not None:
                 mark_done(conn, task_key, "update", {"version": None})
             return None
-        result = _update(conn, cur, int(pending), policy, half_life_days, margin)
+        result = _update(conn, cur, int(pending), policy, half_life_days, margin, compaction)
         if task_key is not None:
             mark_done(conn, task_key, "update", result.to_dict())
     result.seconds = time.perf_counter() - started
@@ -164,6 +177,7 @@ def _update(
     policy: StructurePolicy | None,
     half_life_days: float,
     margin: float,
+    compaction: Compaction | None = None,
 ) -> UpdateResult:
     touched = read_frame(
         conn,
@@ -171,27 +185,26 @@ def _update(
         "AND batch_id <= :b GROUP BY user_key",
         {"a": cur.last_batch_id, "b": last_batch},
     )
-    snap = load_snapshot(conn)
+    snap = load_stored(conn)
     if snap is None:
         raise EmptyStoreError("no feature snapshot: run `shoal segment` (a refit) first")
-    prev_raw, snap_at, affinity = snap.raw, snap.at, snap.affinity
     scaler = FeatureScaler.from_dict(cur.scaler)
     at = latest_event_time(conn)
-    dt_days = max((at - snap_at).total_seconds() / 86_400.0, 0.0)
+    dt_days = max((at - snap.at).total_seconds() / 86_400.0, 0.0)
     keys = touched["user_key"].astype("int64").tolist()
-    fresh = build_features(conn, user_keys=keys, affinity_model=affinity).frame
-    raw = _advance(prev_raw, dt_days)
-    raw = raw.reindex(raw.index.union(fresh.index))
-    cols = [c for c in raw.columns if c in fresh.columns]
-    raw.loc[fresh.index, cols] = fresh[cols].to_numpy()
-    raw = raw.fillna(0.0)
+    fresh = build_features(conn, user_keys=keys, affinity_model=snap.affinity).frame
+    new_rows = _fresh_rows(snap, fresh, at)
+    rows = upsert(snap.rows, new_rows)
+    values = materialise(rows, snap.columns, at)
+    values[np.isnan(values)] = 0.0
+    index = pd.Index(rows.keys, name="user_key")
+    raw = pd.DataFrame(values, index=index, columns=snap.columns, copy=False)
     X = scaler.transform(raw)
-    if snap.labels is not None:  # the snapshot carries every user's segment: no resolve
-        before = snap.labels
-    else:
+    current = rows.labels.copy()
+    if len(snap.rows) and not snap.rows.labels.astype(bool).any():  # written without labels
         old = resolve(conn, cur)
         before = pd.Series(old["segment_id"].astype(str).to_numpy(), index=old["user_key"])
-    current = before.reindex(raw.index).fillna(NONE).to_numpy(dtype=object)
+        current = before.reindex(index).fillna(NONE).to_numpy(dtype=object)
     seg = DynamicSegmenter(half_life_days=half_life_days, margin=margin).load_state(
         load_state(conn)
     )
@@ -203,7 +216,7 @@ def _update(
         counter[0] += 1
         return f"seg-{counter[0] - 1}"
 
-    active = raw.index.isin(keys)
+    active = np.isin(rows.keys, new_rows.keys)
     labels, transitions, refit = apply_structure(
         seg, X, labels, active, scaler.features_, new_id, policy
     )
@@ -221,14 +234,16 @@ def _update(
         X,
         labels,
         current,
-        prev_raw,
+        snap,
         scaler,
         seg,
         transitions,
         touched,
-        affinity,
         quality,
     )
+    changed = np.flatnonzero(active | (labels != current))
+    done = Rows(rows.keys, rows.values, rows.anchors, np.asarray(labels, dtype=object))
+    save_delta(conn, snap, version_id, at, done, done.take(changed), compaction)
     sizes = pd.Series(labels.astype(str)).value_counts().to_dict()
     moved = int((labels != current).sum())
     return UpdateResult(
@@ -253,12 +268,11 @@ def _record(
     X: np.ndarray,
     labels: np.ndarray,
     current: np.ndarray,
-    prev_raw: pd.DataFrame,
+    snap: Stored,
     scaler: FeatureScaler,
     seg: DynamicSegmenter,
     transitions: list[dict[str, Any]],
     touched: pd.DataFrame,
-    affinity: AffinityModel,
     quality: dict[str, Any],
 ) -> int:
     base = cur.base_id or cur.id
@@ -320,7 +334,7 @@ def _record(
             X,
             labels,
             current,
-            prev_raw,
+            snap,
             scaler,
             seg,
             transitions,
@@ -341,7 +355,6 @@ def _record(
         )
     write_transitions(conn, vid, at, transitions)
     save_state(conn, vid, at, [s.to_dict() for s in seg.segments_])
-    save_snapshot(conn, vid, at, raw, affinity, labels)
     return vid
 
 
@@ -350,7 +363,7 @@ def _moves(
     X: np.ndarray,
     labels: np.ndarray,
     current: np.ndarray,
-    prev_raw: pd.DataFrame,
+    snap: Stored,
     scaler: FeatureScaler,
     seg: DynamicSegmenter,
     transitions: list[dict[str, Any]],
@@ -371,7 +384,7 @@ def _moves(
         for fr, to, ev in zip(from_ids, to_ids, n_events, strict=True)
     ]
     centers = {s.segment_id: s.center for s in seg.segments_}
-    old = prev_raw.reindex(keys)
+    old = snap.frame_of(keys)
     X_old = scaler.transform(old.fillna(old.median()).fillna(0.0))
     X_old[old.isna().all(axis=1).to_numpy()] = np.nan
     d = X.shape[1]

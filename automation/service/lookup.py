@@ -17,8 +17,8 @@ import pandas as pd
 from sqlalchemy import Connection, text
 
 from automation.campaigns.store import routing_of
-from automation.store.history import load_snapshot
 from automation.store.segmentations import current_version, segments_of
+from automation.store.snapshots import load_snapshot
 
 
 @dataclass

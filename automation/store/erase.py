@@ -4,7 +4,7 @@ Removed in one transaction, under the segmentation, ingest and campaigns locks: 
 (``user_stats``, ``user_orders``, ``user_items``, ``user_categories``, ``batch_users``),
 memberships, migrations, segment-change outbox events, campaign decisions, deliveries and their
 dead letters, coupons, routing, quarantined rows with their id, the user row itself, and their
-row in the newest feature snapshot. Their contribution to segment statistics is taken out: each segment's
+rows in the feature snapshot (its base and every delta). Their contribution to segment statistics is taken out: each segment's
 ``size`` (and ``share``) in every version they were counted in, and the live segment state's
 weight. Stored recommender models are deleted and the erasure counter moves on, so every model
 fitted with the user (stored, or held by a running service) is stale and is refitted from a
@@ -13,14 +13,12 @@ store that no longer holds any of their events.
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 from sqlalchemy import Connection, Engine, text
 
 from automation.errors import NotFoundError
 from automation.store.history import resolve_user
 from automation.store.locks import acquire_lock
+from automation.store.snapshots import drop_user
 
 #: Tables keyed by ``user_key`` that hold nothing but rows about one user each.
 USER_TABLES = (
@@ -47,29 +45,6 @@ def _segment_counts(conn: Connection, user_key: int) -> list[tuple[int, str]]:
         if seg is not None:
             out.append((int(version.id), seg))
     return out
-
-
-def _drop_from_snapshot(conn: Connection, user_key: int) -> None:
-    row = conn.execute(
-        text("SELECT version_id, data FROM feature_snapshots ORDER BY version_id DESC LIMIT 1")
-    ).first()
-    if row is None:
-        return
-    z = np.load(io.BytesIO(bytes(row[1])), allow_pickle=False)
-    keys = z["user_keys"]
-    keep = keys != user_key
-    if keep.all():
-        return
-    arrays = {name: z[name] for name in z.files}
-    for name in ("user_keys", "values", "labels"):
-        if name in arrays:
-            arrays[name] = arrays[name][keep]
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    conn.execute(
-        text("UPDATE feature_snapshots SET data = :d WHERE version_id = :v"),
-        {"d": buf.getvalue(), "v": row[0]},
-    )
 
 
 def erase_user(engine: Engine, external_id: str) -> dict[str, int]:
@@ -126,7 +101,7 @@ def erase_user(engine: Engine, external_id: str) -> dict[str, int]:
         removed["quarantine"] = conn.execute(
             text("DELETE FROM quarantine WHERE user_id = :x"), {"x": external_id}
         ).rowcount
-        _drop_from_snapshot(conn, user_key)
+        drop_user(conn, user_key)
         conn.execute(
             text(
                 "UPDATE segments SET share = CAST(size AS FLOAT) / "

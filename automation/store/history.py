@@ -8,16 +8,13 @@ migration of that lineage up to that version: two range queries, no replay.
 
 from __future__ import annotations
 
-import io
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Row, text
 
-from automation.features.affinity import AffinityModel
 from automation.store.bulk import read_frame, write_frame
 
 
@@ -242,63 +239,6 @@ def load_state(conn: Connection) -> list[dict[str, Any]]:
         text("SELECT state FROM segment_state WHERE status = 'active' ORDER BY segment_id")
     ).all()
     return [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
-
-
-@dataclass
-class Snapshot:
-    """The per-user state of the newest version: raw features and segment ids."""
-
-    raw: pd.DataFrame
-    at: pd.Timestamp
-    affinity: AffinityModel
-    labels: pd.Series | None  # segment id per user key (None in a snapshot without them)
-
-
-def save_snapshot(
-    conn: Connection,
-    version_id: int,
-    at: pd.Timestamp,
-    raw: pd.DataFrame,
-    model: AffinityModel,
-    labels: np.ndarray,
-) -> None:
-    """The per-user raw features and segment ids of this version (only the newest is kept)."""
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        user_keys=raw.index.to_numpy(dtype=np.int64),
-        values=raw.to_numpy(dtype=np.float32),
-        labels=np.asarray(labels, dtype=str),
-        affinity=np.frombuffer(model.to_bytes(), dtype=np.uint8),
-    )
-    conn.execute(text("DELETE FROM feature_snapshots"))
-    conn.execute(
-        text(
-            "INSERT INTO feature_snapshots (version_id, as_of, columns, data) "
-            "VALUES (:v, :at, :c, :d)"
-        ),
-        {
-            "v": version_id,
-            "at": _ts(conn, at),
-            "c": json.dumps(list(raw.columns)),
-            "d": buf.getvalue(),
-        },
-    )
-
-
-def load_snapshot(conn: Connection) -> Snapshot | None:
-    row = conn.execute(
-        text("SELECT as_of, columns, data FROM feature_snapshots ORDER BY version_id DESC LIMIT 1")
-    ).first()
-    if row is None:
-        return None
-    cols = json.loads(row[1]) if isinstance(row[1], str) else row[1]
-    z = np.load(io.BytesIO(bytes(row[2])), allow_pickle=False)
-    index = pd.Index(z["user_keys"], name="user_key")
-    raw = pd.DataFrame(z["values"].astype(np.float64), index=index, columns=cols)
-    at = pd.Timestamp(pd.to_datetime(pd.Series([row[0]]), utc=True, format="ISO8601").iloc[0])
-    labels = pd.Series(z["labels"].astype(object), index=index) if "labels" in z.files else None
-    return Snapshot(raw, at, AffinityModel.from_bytes(z["affinity"].tobytes()), labels)
 
 
 def resolve_user(conn: Connection, version: Row[Any], user_key: int) -> str | None:
