@@ -10,11 +10,14 @@ Reasons (stable codes): ``missing_user_id``, ``missing_type``, ``unknown_type``,
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from automation.ingest.schema import MAX_TEXT, NUMERIC_FIELDS, TYPE_ALIASES
 from models.events import EVENT_TYPES
@@ -31,13 +34,46 @@ class Checked:
     rejected: pd.DataFrame  # columns: row (position in input), reason, detail
 
 
+# What a blank cell looks like once trimmed: nothing, or a "nan"/"None" written by a program.
+_BLANKS = pa.array(
+    ["", "None", *("".join(c) for c in itertools.product(*zip("nan", "NAN", strict=True)))]
+)
+
+
 def text(col: pd.Series) -> pd.Series:
     """Strings with blanks as missing (``NA``)."""
     s = col.astype("str") if col.dtype != "str" else col
     if not s.notna().any():  # an absent column: nothing to clean
         return s
-    s = s.str.strip()
-    return s.where(s.notna() & (s != "") & (s.str.lower() != "nan") & (s != "None"))
+    chunks = getattr(s.array, "_pa_array", None)
+    if not isinstance(chunks, pa.ChunkedArray):
+        s = s.str.strip()
+        return s.where(s.notna() & (s != "") & (s.str.lower() != "nan") & (s != "None"))
+    trimmed = pc.utf8_trim_whitespace(chunks)
+    blank = pc.is_in(trimmed, value_set=_BLANKS.cast(trimmed.type))
+    cleaned = pc.if_else(blank, pa.scalar(None, trimmed.type), trimmed)
+    return pd.Series(cleaned, index=col.index, dtype=s.dtype)
+
+
+def to_float(t: pd.Series) -> pd.Series:
+    """Numbers from cleaned text (:func:`text`); ``NaN`` where missing or not a number.
+
+    Arrow's cast parses a column of valid numbers ~10x faster than ``pd.to_numeric``; a column
+    with any value it refuses goes through ``pd.to_numeric(errors="coerce")`` instead, which
+    marks just those values.
+    """
+    chunks = getattr(t.array, "_pa_array", None)
+    if isinstance(chunks, pa.ChunkedArray) and (
+        pa.types.is_string(chunks.type) or pa.types.is_large_string(chunks.type)
+    ):
+        try:
+            cast = pc.cast(chunks, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        else:
+            values = cast.to_numpy(zero_copy_only=False)
+            return pd.Series(values, index=t.index, dtype="float64")
+    return pd.to_numeric(t, errors="coerce").astype("float64")
 
 
 def parse_timestamps(col: pd.Series, timezone: str) -> tuple[pd.Series, np.ndarray]:
@@ -169,7 +205,7 @@ def validate(
         else:
             t = text(col)
             present = t.notna().to_numpy()
-            val = pd.to_numeric(t, errors="coerce").astype("float64")
+            val = to_float(t)
         bad = present & ~np.isfinite(val.to_numpy(na_value=np.nan))
         f.flag(bad, f"non_numeric_{name}", _said(name, col, " is not a number"))
         f.flag((val < 0).to_numpy(), f"negative_{name}", _said(name, val, " is negative"))
