@@ -121,6 +121,60 @@ def latency(report: EvaluationReport, n_requests: int = 500) -> dict[str, Any]:
     }
 
 
+def split_payload(rep: EvaluationReport) -> dict[str, Any]:
+    """The JSON of one split: ``shoal evaluate``'s document, the verdict, ablation and latency."""
+    return {
+        **rep.to_dict(),
+        "verdict": verdict(rep),
+        "ablation": ablation(rep),
+        "latency": latency(rep),
+    }
+
+
+def split_section(rep: EvaluationReport) -> list[str]:
+    """The README lines of one split: the table, the verdict, the ablation, the tuned hybrid and
+    its latency (also used by ``bench/recommend_public.py``)."""
+    val = rep.validation
+    lines = [
+        "",
+        f"### Split {rep.split_at.date()} (validation {val['split_at'][:10]} .. {val['end'][:10]})",
+        "",
+        "| model | protocol | users | n | NDCG | recall | MAP | hit rate | coverage | novelty |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rep.results:
+        cells = " | ".join(common.fmt(r[m], 4) for m in METRICS)
+        lines.append(
+            f"| {r['model']} | {r['protocol']} | {r['users']} | {r['n_users']:,} | {cells} |"
+        )
+    lines += ["", "| protocol | users | hybrid | best baseline | gain | target | met |"]
+    lines.append("|---|---|---:|---|---:|---:|---|")
+    for v in verdict(rep):
+        gain = f"{100 * v['gain']:+.1f}%" if v["gain"] is not None else "-"
+        lines.append(
+            f"| {v['protocol']} | {v['users']} | {v['hybrid']:.4f} | {v['best_baseline']} "
+            f"{v['baseline']:.4f} | {gain} | >= {100 * v['target']:.0f}% | "
+            f"{'yes' if v['met'] else 'no'} |"
+        )
+    lines += ["", "Hybrid ablation (NDCG, test window, tuned model with one part off):", ""]
+    lines += ["| protocol | variant | all | cold |", "|---|---|---:|---:|"]
+    for a in ablation(rep):
+        lines.append(
+            f"| {a['protocol']} | {a['variant']} | {common.fmt(a.get('all'), 4)} | "
+            f"{common.fmt(a.get('cold'), 4)} |"
+        )
+    tuned = {f"{t.model}/{t.protocol}": t.params for t in rep.tuned if t.model == "hybrid"}
+    lines += ["", "Tuned hybrid: " + "; ".join(f"{k} `{v}`" for k, v in tuned.items())]
+    lat = latency(rep)
+    lines += [
+        "",
+        f"Latency of the tuned hybrid: single request (top 10 with reasons) p50 "
+        f"{lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms over {lat['requests']} users; "
+        f"top 10 for all {lat['batch_users']:,} users in one batch {lat['batch_seconds']:.2f} s.",
+    ]
+    return lines
+
+
 def markdown(reports: list[EvaluationReport], seconds: float) -> str:
     lines = ["## Recommendations", ""]
     lines.append(
@@ -130,43 +184,42 @@ def markdown(reports: list[EvaluationReport], seconds: float) -> str:
         f"2-core machine in {seconds:.0f} s for both splits."
     )
     for rep in reports:
-        val = rep.validation
-        lines += [
-            "",
-            f"### Split {rep.split_at.date()} (validation {val['split_at'][:10]} .. "
-            f"{val['end'][:10]})",
-            "",
-            "| model | protocol | users | n | NDCG | recall | MAP | hit rate | coverage | novelty |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in rep.results:
-            cells = " | ".join(common.fmt(r[m], 4) for m in METRICS)
-            lines.append(
-                f"| {r['model']} | {r['protocol']} | {r['users']} | {r['n_users']:,} | {cells} |"
-            )
-        lines += ["", "| protocol | users | hybrid | best baseline | gain | target | met |"]
-        lines.append("|---|---|---:|---|---:|---:|---|")
-        for v in verdict(rep):
-            gain = f"{100 * v['gain']:+.1f}%" if v["gain"] is not None else "-"
-            lines.append(
-                f"| {v['protocol']} | {v['users']} | {v['hybrid']:.4f} | {v['best_baseline']} "
-                f"{v['baseline']:.4f} | {gain} | >= {100 * v['target']:.0f}% | "
-                f"{'yes' if v['met'] else 'no'} |"
-            )
-        lines += ["", "Hybrid ablation (NDCG, test window, tuned model with one part off):", ""]
-        lines += ["| protocol | variant | all | cold |", "|---|---|---:|---:|"]
-        for a in ablation(rep):
-            lines.append(f"| {a['protocol']} | {a['variant']} | {a['all']:.4f} | {a['cold']:.4f} |")
-        tuned = {f"{t.model}/{t.protocol}": t.params for t in rep.tuned if t.model == "hybrid"}
-        lines += ["", "Tuned hybrid: " + "; ".join(f"{k} `{v}`" for k, v in tuned.items())]
-        lat = latency(rep)
-        lines += [
-            "",
-            f"Latency of the tuned hybrid: single request (top 10 with reasons) p50 "
-            f"{lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms over {lat['requests']} users; "
-            f"top 10 for all {lat['batch_users']:,} users in one batch {lat['batch_seconds']:.2f} s.",
-        ]
+        lines += split_section(rep)
     return "\n".join(lines) + "\n"
+
+
+def print_split(rep: EvaluationReport) -> None:
+    """One split's tables on the console (also used by ``bench/recommend_public.py``)."""
+    print(f"\nsplit {rep.split_at.date()}, K={rep.k} ({rep.seconds:.0f} s)")
+    common.print_table(
+        ["model", "protocol", "users", "n", *METRICS],
+        [
+            [r["model"], r["protocol"], r["users"], r["n_users"], *(r[m] for m in METRICS)]
+            for r in rep.results
+        ],
+    )
+    print()
+    common.print_table(
+        ["protocol", "users", "hybrid", "best baseline", "ndcg", "gain", "met"],
+        [
+            [
+                v["protocol"],
+                v["users"],
+                v["hybrid"],
+                v["best_baseline"],
+                v["baseline"],
+                f"{100 * v['gain']:+.1f}%" if v["gain"] is not None else "-",
+                "yes" if v["met"] else "no",
+            ]
+            for v in verdict(rep)
+        ],
+    )
+    print()
+    common.print_table(
+        ["protocol", "hybrid variant", "ndcg all", "ndcg cold"],
+        [[a["protocol"], a["variant"], a["all"], a["cold"]] for a in ablation(rep)],
+    )
+    print(f"\nlatency: {latency(rep)}")
 
 
 def main() -> None:
@@ -196,15 +249,7 @@ def main() -> None:
     if args.json:
         common.dump_json(
             {
-                "splits": [
-                    {
-                        **r.to_dict(),
-                        "verdict": verdict(r),
-                        "ablation": ablation(r),
-                        "latency": latency(r),
-                    }
-                    for r in reports
-                ],
+                "splits": [split_payload(r) for r in reports],
                 "seconds": seconds,
             }
         )
@@ -213,36 +258,7 @@ def main() -> None:
         sys.stdout.write(markdown(reports, seconds))
         return
     for rep in reports:
-        print(f"\nsplit {rep.split_at.date()}, K={rep.k} ({rep.seconds:.0f} s)")
-        common.print_table(
-            ["model", "protocol", "users", "n", *METRICS],
-            [
-                [r["model"], r["protocol"], r["users"], r["n_users"], *(r[m] for m in METRICS)]
-                for r in rep.results
-            ],
-        )
-        print()
-        common.print_table(
-            ["protocol", "users", "hybrid", "best baseline", "ndcg", "gain", "met"],
-            [
-                [
-                    v["protocol"],
-                    v["users"],
-                    v["hybrid"],
-                    v["best_baseline"],
-                    v["baseline"],
-                    f"{100 * v['gain']:+.1f}%" if v["gain"] is not None else "-",
-                    "yes" if v["met"] else "no",
-                ]
-                for v in verdict(rep)
-            ],
-        )
-        print()
-        common.print_table(
-            ["protocol", "hybrid variant", "ndcg all", "ndcg cold"],
-            [[a["protocol"], a["variant"], a["all"], a["cold"]] for a in ablation(rep)],
-        )
-        print(f"\nlatency: {latency(rep)}")
+        print_split(rep)
     print(f"\n{seconds:.0f} s for {len(reports)} splits (ingest excluded)")
 
 

@@ -37,6 +37,7 @@ from automation.recommend.rules import (
 
 FORMAT = "shoal-recommender/1"
 BATCH_ROWS = 1024
+DECIMALS = 10  # scores are compared (and reported) at this precision
 _CLASSES: dict[str, type[Recommender]] = {}
 
 
@@ -235,9 +236,9 @@ class Recommender(ABC):
         cold = np.zeros(len(rows), dtype=bool)
         for lo in range(0, len(rows), BATCH_ROWS):
             r, s = rows[lo : lo + BATCH_ROWS], segs[lo : lo + BATCH_ROWS]
-            S, c = self.final_scores(r, s)
+            S, c = self._blended_scores(r, s)
             self._apply_rules(S, r, filter_seen, banned)
-            idx, sc = self._top(S, n)
+            idx, sc = self._top(S, n, decimals=DECIMALS)
             hi = lo + len(r)
             out_i[lo:hi], out_s[lo:hi], cold[lo:hi] = idx, sc, c
         return out_i, out_s, cold
@@ -246,14 +247,22 @@ class Recommender(ABC):
         self, rows: IntArray, segments: IntArray
     ) -> tuple[FloatArray, NDArray[np.bool_]]:
         """The backend's scores with the cold-start fallback (before the rules), and which rows
-        took the fallback (unknown users, or no signal from the backend)."""
+        took the fallback (unknown users, or no signal from the backend); rounded to
+        :data:`DECIMALS` so that near-equal scores tie (and ties go to the lower index)."""
+        S, cold = self._blended_scores(rows, segments)
+        return np.round(S, DECIMALS, out=S), cold
+
+    def _blended_scores(
+        self, rows: IntArray, segments: IntArray
+    ) -> tuple[FloatArray, NDArray[np.bool_]]:
+        """:meth:`final_scores` before rounding (the top-n rounds only its candidates)."""
         S = np.asarray(self._scores(rows, segments), dtype=np.float64)
         cold = (rows < 0) | ~(S > 0).any(axis=1)
         if cold.any():
             S[cold] = self.prior_scores(segments[cold])
         pop = self.context.popularity
         S += 1e-6 * pop / max(float(pop.max(initial=0.0)), 1e-12)  # ties: the popular first
-        return np.round(S, 10), cold
+        return S, cold
 
     def prior_scores(self, segments: IntArray) -> FloatArray:
         """Cold-start scores: the segment's decayed popularity (else the global one), in [0, 1]."""
@@ -288,8 +297,11 @@ class Recommender(ABC):
     ) -> None:
         apply_rules(S, self.context, self.rules, rows, filter_seen, banned)
 
-    def _top(self, S: FloatArray, n: int) -> tuple[IntArray, FloatArray]:
-        return top_n(S, n, self.context.catalogue.categories, self.rules.max_per_category)
+    def _top(
+        self, S: FloatArray, n: int, decimals: int | None = None
+    ) -> tuple[IntArray, FloatArray]:
+        cats = self.context.catalogue.categories
+        return top_n(S, n, cats, self.rules.max_per_category, decimals)
 
     def _items(self, idx: IntArray, scores: FloatArray, reasons: list[str]) -> list[Recommendation]:
         return recommendations(self.context.catalogue, idx, scores, reasons)

@@ -18,22 +18,33 @@ from automation.recommend.similarity import SIMILARITIES, cooccurrence_similarit
 def anchor_reasons(
     profile: sp.csr_matrix, S: sp.csr_matrix, items: IntArray, names: Any, template: str
 ) -> list[list[str]]:
-    """For each recommended item, the user's item that contributes most to its score."""
+    """For each recommended item, the user's item that contributes most to its score
+    (``profile[j] * S[j, i]``, the largest non-zero one; ties go to the lower item index).
+
+    Only the user's rows of ``S`` and the listed columns are touched: one small block per user,
+    not a transpose of ``S`` per call (this runs on every single request).
+    """
     out: list[list[str]] = []
-    St = S.T.tocsr()
     for k in range(items.shape[0]):
-        p = profile[k]
+        lo, hi = profile.indptr[k], profile.indptr[k + 1]
+        mine, weight = profile.indices[lo:hi], profile.data[lo:hi]
+        listed = items[k]
+        block = np.zeros((len(mine), len(listed)))
+        if len(mine) and (listed >= 0).any():
+            cols = np.where(listed >= 0, listed, 0)
+            block = S[mine][:, cols].toarray() * weight[:, None]
         row: list[str] = []
-        for i in items[k].tolist():
+        for pos, i in enumerate(listed.tolist()):
             if i < 0:
                 row.append("")
                 continue
-            contrib = St[i].multiply(p)
-            if contrib.nnz == 0:
+            contrib = block[:, pos]
+            hit = contrib != 0
+            if not hit.any():
                 row.append("recommended for you")
                 continue
-            c = contrib.tocoo()
-            j = int(c.col[np.lexsort((c.col, -c.data))[0]])
+            best = contrib[hit].max()
+            j = int(mine[hit][contrib[hit] == best].min())
             row.append(template.format(anchor=str(names[j])))
         out.append(row)
     return out

@@ -132,28 +132,64 @@ def apply_rules(
 
 
 def top_n(
-    S: FloatArray, n: int, categories: NDArray[np.str_], cap: int | None
+    S: FloatArray,
+    n: int,
+    categories: NDArray[np.str_],
+    cap: int | None,
+    decimals: int | None = None,
 ) -> tuple[IntArray, FloatArray]:
     """The ``n`` best finite entries of each row (``-1`` padding), best first, with at most
-    ``cap`` items of one category (items without a category are not capped)."""
+    ``cap`` items of one category (items without a category are not capped); ties go to the
+    lower item index.
+
+    With ``decimals``, rows are ranked (and scores returned) rounded to that many decimals, as if
+    ``S`` had been rounded first; only the candidates are rounded. The candidates of all rows are
+    picked and sorted at once; a row where an item outside them could tie with the last one
+    (equal scores, or fewer finite items than candidates) is ranked exactly on its own.
+    """
+    rows, width = S.shape
     capped = cap is not None and bool((categories != "").any())
-    m = min(S.shape[1], n * 5 if capped else n)
-    out_i = np.full((S.shape[0], n), -1, dtype=np.int64)
-    out_s = np.zeros((S.shape[0], n), dtype=np.float64)
-    if m == 0:
+    m = min(width, n * 5 if capped else n)
+    out_i = np.full((rows, n), -1, dtype=np.int64)
+    out_s = np.zeros((rows, n), dtype=np.float64)
+    if m == 0 or rows == 0:
         return out_i, out_s
-    part = np.argpartition(-S, m - 1, axis=1)[:, :m] if m < S.shape[1] else None
-    for k in range(S.shape[0]):
-        cand = part[k] if part is not None else np.arange(S.shape[1])
-        vals = S[k, cand]
-        order = cand[np.lexsort((cand, -vals))]
-        order = order[np.isfinite(S[k, order])]
+    if m < width:
+        part = np.argpartition(S, width - m, axis=1)[:, width - m :]
+    else:
+        part = np.tile(np.arange(width, dtype=np.int64), (rows, 1))
+    vals = np.take_along_axis(S, part, axis=1)
+    if decimals is not None:
+        vals = np.round(vals, decimals)
+    order = np.lexsort((part, -vals), axis=-1)
+    part = np.take_along_axis(part, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    exact = np.zeros(rows, dtype=bool)
+    if m < width:
+        slack = 10.0**-decimals if decimals is not None else 0.0
+        floor = vals[:, -1] - slack  # anything at or above it may tie with the last candidate
+        exact = np.count_nonzero(floor[:, None] <= S, axis=1) > m
+    width_n = min(n, m)
+    keep = np.isfinite(vals[:, :width_n])  # -inf sorts last: the finite ones are a prefix
+    out_i[:, :width_n] = np.where(keep, part[:, :width_n], -1)
+    out_s[:, :width_n] = np.where(keep, vals[:, :width_n], 0.0)
+    for k in (np.arange(rows) if capped else np.flatnonzero(exact)).tolist():
+        cand = _ranked_row(S[k], decimals) if exact[k] else part[k][np.isfinite(vals[k])]
         if capped:
-            order = _cap(order, categories, int(cap or n))
-        chosen = order[:n]
+            cand = _cap(cand, categories, int(cap or n))
+        chosen = cand[:n]
+        got = S[k, chosen]
+        out_i[k], out_s[k] = -1, 0.0
         out_i[k, : len(chosen)] = chosen
-        out_s[k, : len(chosen)] = S[k, chosen]
+        out_s[k, : len(chosen)] = np.round(got, decimals) if decimals is not None else got
     return out_i, out_s
+
+
+def _ranked_row(s: FloatArray, decimals: int | None) -> IntArray:
+    """Every finite item of one row, best first (rounded to ``decimals``), ties to lower index."""
+    r = np.round(s, decimals) if decimals is not None else s
+    idx = np.flatnonzero(np.isfinite(r))
+    return idx[np.lexsort((idx, -r[idx]))]
 
 
 def _cap(order: IntArray, categories: NDArray[np.str_], cap: int) -> IntArray:
