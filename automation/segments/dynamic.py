@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from automation.errors import ValidationError
 from automation.segments.base import nearest_centroid
@@ -183,8 +184,7 @@ class DynamicSegmenter:
         X = np.asarray(X, dtype=np.float64)
         best, best_d2 = nearest_centroid(X, centers)
         out = np.asarray(ids, dtype=object)[best]
-        pos = {sid: i for i, sid in enumerate(ids)}
-        cur_idx = np.array([pos.get(str(c), -1) for c in current], dtype=np.int64)
+        cur_idx = pd.Index(ids, dtype=object).get_indexer(pd.Index(current, dtype=object))
         has = cur_idx >= 0
         self.newcomers_ = np.asarray(current, dtype=object) == NONE
         if has.any():

@@ -80,12 +80,16 @@ def _top_moves(delta: np.ndarray, names: list[str], k: int = 3) -> list[dict[str
     return [{"feature": names[i], "change": round(float(delta[i]), 3)} for i in order]
 
 
-def bimodality(X: np.ndarray, seed: int = 0, sample: int = 2000) -> float:
-    """Silhouette of a 2-means split of ``X`` (on a sample); 0 when too small to tell."""
-    if len(X) < 10:
+def bimodality(
+    X: np.ndarray, seed: int = 0, sample: int = 2000, mask: np.ndarray | None = None
+) -> float:
+    """Silhouette of a 2-means split of ``X`` (of its ``mask`` rows; on a sample); 0 when too
+    small to tell. With ``mask``, only the sampled rows are copied."""
+    rows = np.arange(len(X)) if mask is None else np.flatnonzero(mask)
+    if len(rows) < 10:
         return 0.0
     rng = np.random.default_rng(seed)
-    S = X if len(X) <= sample else X[rng.choice(len(X), sample, replace=False)]
+    S = X[rows] if len(rows) <= sample else X[rows[rng.choice(len(rows), sample, replace=False)]]
     lab = KMeans(2, n_init=2, random_state=seed).fit_predict(S)
     if len(set(lab.tolist())) < 2:
         return 0.0
@@ -180,7 +184,7 @@ def apply_structure(
         mask = labels == s.segment_id
         if mask.sum() < 2 * min_size or s.segment_id in st.touched():
             continue
-        score, baseline = bimodality(X[mask], p.seed), s.bimodality
+        score, baseline = bimodality(X, p.seed, mask=mask), s.bimodality
         if score < p.split_min_silhouette or score < baseline + p.split_gain:
             continue
         km = KMeans(2, n_init=2, random_state=p.seed).fit(X[mask])

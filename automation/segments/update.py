@@ -241,11 +241,13 @@ def _update(
         touched,
         quality,
     )
-    changed = np.flatnonzero(active | (labels != current))
+    moved_mask = labels != current
     done = Rows(rows.keys, rows.values, rows.anchors, np.asarray(labels, dtype=object))
-    save_delta(conn, snap, version_id, at, done, done.take(changed), compaction)
-    sizes = pd.Series(labels.astype(str)).value_counts().to_dict()
-    moved = int((labels != current).sum())
+    save_delta(
+        conn, snap, version_id, at, done, done.take(np.flatnonzero(active | moved_mask)), compaction
+    )
+    sizes = pd.Series(labels, dtype=object).value_counts().to_dict()
+    moved = int(moved_mask.sum())
     return UpdateResult(
         version=version_id,
         as_of=at,

@@ -72,7 +72,7 @@ class Rows:
 def encode(raw: pd.DataFrame, at: pd.Timestamp, labels: np.ndarray) -> Rows:
     """Rows of ``raw`` (features as of ``at``; sorted by user key) in the stored form."""
     cols = list(raw.columns)
-    values = raw.to_numpy(dtype=np.float32)
+    values = np.asfortranarray(raw.to_numpy(dtype=np.float32))  # column-major: see materialise
     anchors = np.full((len(raw), len(GROWING)), np.nan)
     now = days(at)
     for j, name in enumerate(GROWING):
@@ -88,8 +88,9 @@ def encode(raw: pd.DataFrame, at: pd.Timestamp, labels: np.ndarray) -> Rows:
 
 
 def materialise(rows: Rows, columns: list[str], at: pd.Timestamp) -> np.ndarray:
-    """Float64 features of ``rows`` as of ``at`` (time-driven cells advanced)."""
-    out = rows.values.astype(np.float64)
+    """Float64 features of ``rows`` as of ``at`` (time-driven cells advanced), column-major
+    like the stored values: a frame over them reads a column without striding."""
+    out = np.asfortranarray(rows.values, dtype=np.float64)
     now = days(at)
     for j, name in enumerate(GROWING):
         if name not in columns:
@@ -107,19 +108,19 @@ def upsert(base: Rows, new: Rows) -> Rows:
     pos = np.searchsorted(base.keys, new.keys)
     hit = pos < len(base.keys)
     hit[hit] = base.keys[pos[hit]] == new.keys[hit]
-    if hit.all():
-        values, anchors, labels = base.values.copy(), base.anchors.copy(), base.labels.copy()
-        values[pos], anchors[pos], labels[pos] = new.values, new.anchors, new.labels
-        return Rows(base.keys, values, anchors, labels)
-    keys = np.union1d(base.keys, new.keys)
-    old_at, new_at = np.searchsorted(keys, base.keys), np.searchsorted(keys, new.keys)
-    values = np.empty((len(keys), base.values.shape[1]), dtype=np.float32)
-    anchors = np.empty((len(keys), base.anchors.shape[1]))
-    labels = np.empty(len(keys), dtype=object)
-    for arr, a, b in ((values, base.values, new.values), (anchors, base.anchors, new.anchors),
-                      (labels, base.labels, new.labels)):  # fmt: skip
-        arr[old_at], arr[new_at] = a, b
-    return Rows(keys, values, anchors, labels)
+    miss = ~hit
+    at, add = pos[miss], new.take(np.flatnonzero(miss))
+    out = Rows(  # one pass per array; also a copy when nothing is inserted
+        np.insert(base.keys, at, add.keys),
+        np.insert(base.values, at, add.values, axis=0),
+        np.insert(base.anchors, at, add.anchors, axis=0),
+        np.insert(base.labels, at, add.labels),
+    )
+    if hit.any():
+        rows = pos[hit] + np.searchsorted(add.keys, new.keys[hit])
+        out.values[rows], out.anchors[rows] = new.values[hit], new.anchors[hit]
+        out.labels[rows] = new.labels[hit]
+    return out
 
 
 def _pack(rows: Rows, **extra: np.ndarray) -> bytes:
@@ -146,7 +147,7 @@ def _unpack(data: bytes, columns: list[str], at: pd.Timestamp) -> tuple[Rows, An
         labels = z["labels"].astype(object)
     else:
         labels = np.full(len(keys), "", dtype=object)
-    values = z["values"].astype(np.float32)
+    values = np.asfortranarray(z["values"], dtype=np.float32)
     if "anchors" in z.files:
         rows = Rows(keys, values, z["anchors"], labels)
     else:  # values as of ``at``: anchor the time-driven cells there
