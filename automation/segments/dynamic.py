@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from automation.errors import ValidationError
-from automation.segments.base import nearest_centroid
+from automation.segments.base import CHUNK_ROWS, nearest_centroid
 
 NONE = ""
 
@@ -94,7 +94,13 @@ class SegmentStats:
 
 
 def member_distances(X: np.ndarray, center: np.ndarray) -> np.ndarray:
-    return np.sqrt(((X - center) ** 2).sum(axis=1))
+    """Euclidean distance of each row of ``X`` to ``center`` (one centre, or one per row)."""
+    out = np.empty(len(X))
+    for start in range(0, len(X), CHUNK_ROWS):  # small temporaries: the same values, faster
+        stop = start + CHUNK_ROWS
+        diff = X[start:stop] - (center if center.ndim == 1 else center[start:stop])
+        out[start:stop] = np.sqrt((diff**2).sum(axis=1))
+    return out
 
 
 class DynamicSegmenter:
@@ -184,26 +190,31 @@ class DynamicSegmenter:
         X = np.asarray(X, dtype=np.float64)
         best, best_d2 = nearest_centroid(X, centers)
         out = np.asarray(ids, dtype=object)[best]
-        cur_idx = pd.Index(ids, dtype=object).get_indexer(pd.Index(current, dtype=object))
+        cur_idx = _codes(ids, current)
         has = cur_idx >= 0
         self.newcomers_ = np.asarray(current, dtype=object) == NONE
         if has.any():
-            diff = X[has] - centers[cur_idx[has]]
-            cur_d2 = np.einsum("ij,ij->i", diff, diff)
-            stay = best_d2[has] >= (1.0 - self.margin) * cur_d2
-            kept = np.asarray(current, dtype=object)[has]
-            out[has] = np.where(stay, kept, out[has])
+            cur_d2 = np.empty(len(X))
+            for start in range(0, len(X), CHUNK_ROWS):  # squared distance to the current centre
+                stop = start + CHUNK_ROWS
+                diff = X[start:stop] - centers[np.maximum(cur_idx[start:stop], 0)]
+                cur_d2[start:stop] = np.einsum("ij,ij->i", diff, diff)
+            stay = has & (best_d2 >= (1.0 - self.margin) * cur_d2)
+            out[stay] = np.asarray(current, dtype=object)[stay]
         return out
 
     # --------------------------------------------------------------------- learning
     def decay(self, X: np.ndarray, labels: np.ndarray, dt_days: float) -> None:
         """Move centres towards their members' current mean with the day half-life."""
         a = 0.5 ** (max(dt_days, 0.0) / self.half_life_days)
-        for s in self.active:
-            mask = labels == s.segment_id
-            n = int(mask.sum())
+        act = self.active
+        codes = _codes([s.segment_id for s in act], labels)
+        order = np.argsort(codes, kind="stable")  # each segment's rows, in their order
+        bounds = np.searchsorted(codes[order], np.arange(len(act) + 1))
+        for i, s in enumerate(act):
+            n = int(bounds[i + 1] - bounds[i])
             if n:
-                members = X[mask]
+                members = X.take(order[bounds[i] : bounds[i + 1]], axis=0)
                 s.center = a * s.center + (1 - a) * members.mean(axis=0)
                 d = member_distances(members, s.center)
                 s.spread = a * s.spread + (1 - a) * float(d.mean())
@@ -223,6 +234,11 @@ class DynamicSegmenter:
             if s.segment_id == sid:
                 s.center = a * s.center + (1 - a) * x[0]
         return sid
+
+
+def _codes(ids: list[str], labels: np.ndarray) -> np.ndarray:
+    """Position of each label in ``ids`` (-1: not there)."""
+    return pd.Index(ids, dtype=object).get_indexer(pd.Index(labels, dtype=object))
 
 
 def _id_order(sid: str) -> tuple[int, str]:

@@ -4,12 +4,13 @@ One update is one transaction under the segmentation lock:
 
 1. the ingest batches not yet folded in (``last_batch_id`` watermark) and the users they touched;
 2. those users' features from the running aggregates (affinity folded in with the stored model);
-   every other user's time-dependent features advance by the elapsed event time (recency and
-   tenure grow without events), from the stored feature snapshot;
+   every other user's come from the stored feature snapshot (:mod:`automation.store.snapshots`),
+   read as of the new event time (recency and tenure grow without events);
 3. assignment with hysteresis, centres forgetting with a half-life, structure changes with
    evidence (:mod:`automation.segments.structure`);
 4. migrations (who, from, to, when, the events that caused it, why), transitions, outbox events,
-   the new version, the segment state and the feature snapshot, all committed together.
+   the new version, the segment state and the feature snapshot's delta (the touched users' and
+   the movers' rows only), all committed together.
 
 Idempotent: a ``task_key`` that completed changes nothing; a batch is folded in exactly once.
 """
