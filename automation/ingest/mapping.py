@@ -103,6 +103,8 @@ class ColumnPlan:
     transform: Transform | None
 
     def apply(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self.is_identity(frame):
+            return frame  # already canonical (the HTTP batch path): nothing to copy
         n = len(frame)
         out = pd.DataFrame(index=frame.index)
         for name in CANONICAL_FIELDS:
@@ -115,6 +117,15 @@ class ColumnPlan:
         if self.transform is not None and n:
             out = self.transform(out)
         return out
+
+    def is_identity(self, frame: pd.DataFrame) -> bool:
+        """Whether ``frame`` already has the canonical columns, each mapped onto itself."""
+        return (
+            not self.constants
+            and self.transform is None
+            and tuple(frame.columns) == CANONICAL_FIELDS
+            and all(self.sources.get(name) == name for name in CANONICAL_FIELDS)
+        )
 
 
 def plan_columns(

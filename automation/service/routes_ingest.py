@@ -15,15 +15,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from pandas.arrays import ArrowStringArray
 
 from automation.ingest.mapping import plan_columns
 from automation.ingest.readers import RawBatch, Reject
 from automation.ingest.run import BatchSource, commit_block, prepare_block
-from automation.ingest.schema import CANONICAL_FIELDS
-from automation.ingest.segment_spec import flatten_message
+from automation.ingest.schema import CANONICAL_FIELDS, NUMERIC_FIELDS
+from automation.ingest.segment_spec import flatten_batch
 from automation.service.deps import write_access
 from automation.service.schemas import ERRORS, BatchIn, EventError, IngestOut, TrackIn
 from automation.service.state import ServiceState
@@ -33,23 +35,38 @@ router = APIRouter(prefix="/v1", tags=["ingest"], responses=ERRORS)
 
 
 def _raw(messages: list[dict[str, Any]], source: str) -> RawBatch:
-    rows: list[dict[str, Any]] = []
-    lines: list[int] = []
-    rejects: list[Reject] = []
-    for i, msg in enumerate(messages, start=1):
-        msg = {"type": "track", **msg}
-        for rec, reason in flatten_message(msg):
-            if reason is not None:
-                rejects.append(Reject(i, reason[0], reason[1], str(rec)[:2000]))
-            else:
-                rows.append(rec)
-                lines.append(i)
-    frame = pd.DataFrame.from_records(rows, columns=list(CANONICAL_FIELDS)) if rows else None
-    if frame is None:
-        frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in CANONICAL_FIELDS})
-    # Arrow-backed text columns, as the CSV reader gives: validation's string work is vectorised.
-    frame = frame.astype("str")
-    return RawBatch(source, frame, np.asarray(lines, dtype=np.int64), rejects)
+    """The batch as a canonical frame: text columns Arrow-backed (validation's string work is
+    vectorised), numeric fields as numbers when they are all numbers (else text, as the CSV
+    reader gives)."""
+    flat = flatten_batch(messages)
+    frame = pd.DataFrame(
+        {
+            name: _column(name, values)
+            for name, values in zip(CANONICAL_FIELDS, flat.columns, strict=True)
+        },
+        copy=False,
+    )
+    rejects = [Reject(i, code, detail, str(rec)[:2000]) for i, rec, (code, detail) in flat.rejects]
+    return RawBatch(source, frame, np.asarray(flat.lines, dtype=np.int64), rejects)
+
+
+_NUMBERS = {int, float, type(None)}
+_TEXTS = {str, type(None)}
+_TEXT_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
+
+
+def _column(name: str, values: tuple[Any, ...]) -> Any:
+    """One column as validation reads it (an array, so the frame is built without aligning)."""
+    types = set(map(type, values))
+    if name in NUMERIC_FIELDS and types <= _NUMBERS:
+        try:
+            return pa.array(values, type=pa.float64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:  # an integer beyond float precision: read as text
+            pass
+    elif types <= _TEXTS:
+        text = pa.array(values, pa.string())
+        return ArrowStringArray(text, dtype=_TEXT_DTYPE)  # type: ignore[call-arg]  # stubs lag
+    return pd.Series(values, dtype=object).astype("str").array
 
 
 def ingest_messages(state: ServiceState, messages: list[dict[str, Any]]) -> IngestOut:

@@ -82,11 +82,10 @@ def _sqlite_values(s: pd.Series | np.ndarray) -> list[Any]:
     if isinstance(ser.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(ser):
         arr = pa.array(ser.astype("datetime64[us, UTC]").dt.tz_localize(None))
         return pc.strftime(arr, format=SQLITE_TS).to_pylist()
-    if pd.api.types.is_float_dtype(ser):
-        a = ser.to_numpy(dtype="float64", na_value=np.nan)
-        return [None if v != v else v for v in a.tolist()]
     if (pd.api.types.is_integer_dtype(ser) or ser.dtype == bool) and not ser.hasnans:
         return ser.tolist()
+    if ser.dtype != object:  # floats, text, nullable types: Arrow's conversion, missing -> None
+        return pa.array(ser, from_pandas=True).to_pylist()
     values = ser.astype(object).tolist()
     return [None if v is None or v is pd.NA or v != v else v for v in values]
 
