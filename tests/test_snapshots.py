@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -184,3 +185,38 @@ def test_erasure_removes_the_user_from_the_base_and_every_delta(
     snap = _fresh(engine)
     assert key not in snap.raw.index
     assert snap.labels is not None and len(snap.labels) == len(snap.raw)
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_a_snapshot_written_before_deltas_still_reads(
+    days_dir: Path, tmp_path: Path, with_labels: bool
+) -> None:
+    engine = open_store(f"sqlite:///{tmp_path / 'old.db'}")
+    _warm(engine, days_dir)
+    snap = _fresh(engine)
+    assert snap.labels is not None
+    arrays: dict[str, Any] = {
+        "user_keys": snap.raw.index.to_numpy(dtype=np.int64),
+        "values": snap.raw.to_numpy(dtype=np.float32),
+        "affinity": np.frombuffer(snap.affinity.to_bytes(), dtype=np.uint8),
+    }
+    if with_labels:
+        arrays["labels"] = snap.labels.to_numpy(dtype=str)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # the format of a full snapshot per version, without a token
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE feature_snapshots SET data = :d, token = NULL"), {"d": buf.getvalue()}
+        )
+    old = _fresh(engine)
+    np.testing.assert_allclose(old.raw.to_numpy(), snap.raw.to_numpy(), rtol=1e-6)  # float32
+    api.ingest(engine, [days_dir / f"d{WARM}.csv"])
+    assert run_update(engine) is not None
+    with engine.connect() as conn:
+        live = resolve(conn, current_version(conn)).set_index("user_key")["segment_id"]
+        if not with_labels:  # rewritten in full, with segment ids
+            assert _count(conn, "feature_snapshot_deltas") == 0
+    new = _fresh(engine)
+    assert new.labels is not None
+    assert new.labels.sort_index().astype(str).equals(live.sort_index().astype(str))
+    engine.dispose()

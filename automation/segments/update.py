@@ -202,7 +202,8 @@ def _update(
     raw = pd.DataFrame(values, index=index, columns=snap.columns, copy=False)
     X = scaler.transform(raw)
     current = rows.labels.copy()
-    if len(snap.rows) and not snap.rows.labels.astype(bool).any():  # written without labels
+    if not snap.labelled:  # an old snapshot without segment ids: resolve, then write in full
+        compaction = Compaction(max_deltas=0)
         old = resolve(conn, cur)
         before = pd.Series(old["segment_id"].astype(str).to_numpy(), index=old["user_key"])
         current = before.reindex(index).fillna(NONE).to_numpy(dtype=object)

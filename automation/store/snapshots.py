@@ -138,7 +138,8 @@ def _pack(rows: Rows, **extra: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _unpack(data: bytes, columns: list[str], at: pd.Timestamp) -> tuple[Rows, Any]:
+def _unpack(data: bytes, columns: list[str], at: pd.Timestamp) -> tuple[Rows, Any, bool]:
+    """Rows, the affinity model's bytes (a base) and whether segment ids were stored."""
     z = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
     keys = z["user_keys"].astype(np.int64)
     if "label_codes" in z.files:
@@ -157,7 +158,8 @@ def _unpack(data: bytes, columns: list[str], at: pd.Timestamp) -> tuple[Rows, An
     order = np.argsort(keys, kind="stable")
     if (order != np.arange(len(keys))).any():
         rows = rows.take(order)
-    return rows, z["affinity"].tobytes() if "affinity" in z.files else None
+    labelled = "label_codes" in z.files or "labels" in z.files
+    return rows, z["affinity"].tobytes() if "affinity" in z.files else None, labelled
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ class Stored:
     n_deltas: int
     delta_rows: int
     token: str
+    labelled: bool = True  # False: a snapshot written before it carried segment ids
 
     def frame(self, at: pd.Timestamp | None = None) -> pd.DataFrame:
         values = materialise(self.rows, self.columns, self.at if at is None else at)
@@ -324,7 +327,7 @@ def load_stored(conn: Connection) -> Stored | None:
     data = conn.execute(
         text("SELECT data FROM feature_snapshots WHERE version_id = :v"), {"v": base.version_id}
     ).scalar_one()
-    rows, affinity = _unpack(data, columns, base_at)
+    rows, affinity, labelled = _unpack(data, columns, base_at)
     deltas = conn.execute(
         text(
             "SELECT version_id, as_of, n_rows, data FROM feature_snapshot_deltas "
@@ -340,8 +343,9 @@ def load_stored(conn: Connection) -> Stored | None:
         rows = upsert(rows, _last_per_key(parts))
     model = AffinityModel.from_bytes(affinity)
     stored = Stored(
-        rows, columns, at, model, version, int(base.version_id), len(parts), n_rows, token or ""
-    )
+        rows, columns, at, model, version, int(base.version_id), len(parts), n_rows, token or "",
+        labelled,
+    )  # fmt: skip
     return _remember(stored) if token is not None else stored
 
 
