@@ -3,16 +3,23 @@
 ``top_n`` picks and sorts the candidates of all rows at once and rounds only them; rows with
 ties at the boundary (or fewer finite items than asked for) are ranked exactly on their own.
 ``anchor_reasons`` reads one small block of the similarity matrix per user instead of
-transposing it per call. Each is checked against the straightforward definition, on random
+transposing it per call; a hybrid request computes its components once for ranking and reasons.
+Each fast path is checked against the straightforward definition, on random
 scores full of ties, ``-inf`` and near-equal values.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from automation.recommend import Interactions
+from automation.recommend import hybrid as hybrid_module
+from automation.recommend.hybrid import HybridRecommender
 from automation.recommend.knn import anchor_reasons
 from automation.recommend.rules import _cap, top_n
 
@@ -120,3 +127,45 @@ def test_anchor_reasons_match_the_plain_definition() -> None:
     assert got == reference_anchor_reasons(profile, S, items, names, "bought with {anchor}")
     assert any("bought with" in r for row in got for r in row)
     assert any(r == "recommended for you" for row in got for r in row)
+
+
+def small_shop() -> Interactions:
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(40):
+        for o in range(1 + u % 3):
+            ts = pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(days=int(rng.integers(60)))
+            for i in rng.choice(30, size=3, replace=False).tolist():
+                rows.append((f"u{u}", f"i{i}", "purchase", ts, f"o{u}-{o}"))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "type", "timestamp", "order_id"])
+    segments = {f"u{u}": f"seg-{u % 2}" for u in range(40)}
+    return Interactions.from_frame(frame, segments=segments)
+
+
+def test_a_hybrid_request_computes_its_components_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = HybridRecommender(w_als=0.0).fit(small_shop())
+    calls: list[int] = []
+    original = hybrid_module.row_max_normalise
+
+    def counted(M: np.ndarray) -> Any:
+        calls.append(len(M))
+        return original(M)
+
+    monkeypatch.setattr(hybrid_module, "row_max_normalise", counted)
+    model.recommend("u3", n=5)
+    per_computation = len(calls)
+    calls.clear()
+    with model.memoize():  # the components computed once, then from the memo
+        model.components(np.array([3]), np.array([1]))
+        assert len(calls) == per_computation
+        model.components(np.array([3]), np.array([1]))
+        assert len(calls) == per_computation
+    calls.clear()
+    plain = model.recommend("u3", n=5)
+    assert len(calls) == per_computation  # ranking and reasons shared one computation
+    assert model._memo is None  # nothing kept after the request
+    assert all(r.reason for r in plain)
+    with model.memoize():
+        model.recommend("u3", n=5)
+        assert model._memo  # an outer memo (tuning) is left in place
+    assert model._memo is None

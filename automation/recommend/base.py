@@ -17,6 +17,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from typing import Any, ClassVar, Self, overload
 
@@ -119,6 +120,11 @@ class Recommender(ABC):
     def _set_state(self, z: Mapping[str, Any]) -> None:
         return None
 
+    def _answer_scope(self, n_rows: int) -> AbstractContextManager[None]:
+        """Held around ranking and explaining one call of ``n_rows`` users: a backend may keep
+        work done for the ranking to explain it (the hybrid, for one batch's worth of rows)."""
+        return nullcontext()
+
     def _refresh_users(self, rows: IntArray) -> None:
         """Recompute per-user model state after :meth:`update_users` (e.g. ALS factors)."""
         return None
@@ -183,8 +189,9 @@ class Recommender(ABC):
             hints = list(segment)
         rows = self.context.rows_of(ids)
         segs = self.context.segments_for(rows, hints)
-        idx, scores, cold = self._rank(rows, n, filter_seen, exclude, segs)
-        reasons = self._reasons_with_fallback(rows, segs, idx, cold)
+        with self._answer_scope(len(rows)):
+            idx, scores, cold = self._rank(rows, n, filter_seen, exclude, segs)
+            reasons = self._reasons_with_fallback(rows, segs, idx, cold)
         out = [self._items(i, s, r) for i, s, r in zip(idx, scores, reasons, strict=True)]
         return out[0] if single else out
 

@@ -24,7 +24,7 @@ evaluation split (:mod:`automation.recommend.evaluate`).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from automation.errors import ValidationError
 from automation.recommend.als import ALSRecommender
-from automation.recommend.base import Recommender
+from automation.recommend.base import BATCH_ROWS, Recommender
 from automation.recommend.content import item_texts
 from automation.recommend.context import NO_SEGMENT, csr_arrays, csr_from, distinct_user_popularity
 from automation.recommend.data import FloatArray, IntArray, Interactions
@@ -149,6 +149,13 @@ class HybridRecommender(Recommender):
             yield
         finally:
             self._memo = None
+
+    def _answer_scope(self, n_rows: int) -> AbstractContextManager[None]:
+        """One request's components serve both the ranking and the reasons (for at most one
+        batch of rows, so a large batch keeps nothing; inside :meth:`memoize`, that one)."""
+        if n_rows <= BATCH_ROWS and getattr(self, "_memo", None) is None:
+            return self.memoize()
+        return nullcontext()
 
     def components(self, rows: IntArray, segments: IntArray) -> dict[str, FloatArray]:
         """Each fitted component's scores (rows x items), each row scaled to a maximum of 1."""
