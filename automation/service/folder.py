@@ -3,7 +3,9 @@
 Every ``SHOAL_FOLD_MS`` (default 1 s), or at once when an ingest request wakes it:
 
 - with the embedded default (no broker), pending ingest batches are folded into the live
-  segmentation (``run_update``; the first fit when there is none yet), then the campaigns run;
+  segmentation (``run_update``; the first fit when there is none yet), then the campaigns run
+  (under continuous ingest every ``FOLD_EVERY`` seconds, less often when folds are slow, so
+  that folding takes at most ``FOLD_SHARE`` of the time, and at least every ``FOLD_LATEST``);
   with a broker, the API enqueues ``shoal.update`` instead and the workers do it;
 - when the store changed (a new ingest batch or segmentation version), the recommender is
   refitted from the store and swapped in (once ingest has been quiet for a moment, or at least
@@ -23,7 +25,9 @@ from automation.service.state import ServiceState
 
 log = logging.getLogger("shoal.service.folder")
 FOLD_QUIET = 0.5  # fold once ingest has been quiet this long
-FOLD_EVERY = 3.0  # ... or at least this often under continuous ingest
+FOLD_EVERY = 3.0  # ... or at least this often under continuous ingest,
+FOLD_SHARE = 0.25  # ... but then folding takes at most this share of the time,
+FOLD_LATEST = 15.0  # ... and a fold waits no longer than this
 CAMPAIGNS_EVERY = 30.0  # embedded: campaigns and dispatch at least this often
 QUIET_SECONDS = 1.5  # refit the recommender once ingest has been quiet this long
 REFIT_EVERY = 60.0  # ... or at least this often under continuous ingest
@@ -44,15 +48,18 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
 
     did: dict[str, Any] = {}
     now = time.monotonic()
-    # Under a stream of ingest requests, fold at most every FOLD_EVERY seconds (a fold and an
-    # ingest both write; on SQLite they take turns): freshness stays within seconds.
-    busy = now - state.last_ingest < FOLD_QUIET and now - state.last_fold < FOLD_EVERY
+    # Under a stream of ingest requests, fold every FOLD_EVERY seconds, or less often when a
+    # fold is slow, so that folding takes at most FOLD_SHARE of the time: a fold and an ingest
+    # share the CPU and both write (on SQLite they take turns). Freshness stays within seconds.
+    every = min(max(FOLD_EVERY, state.fold_seconds / FOLD_SHARE), FOLD_LATEST)
+    busy = now - state.last_ingest < FOLD_QUIET and now - state.last_fold < every
     if embedded and not busy:
         state.last_fold = now
         try:
             out = api.update(state.engine, settings=state.settings)
         except EmptyStoreError:
             out = {}
+        state.fold_seconds = time.monotonic() - now
         if out.get("version") or out.get("refit"):
             did["update"] = out.get("version") or out["refit"]["version"]
             state.metrics.folds.inc()

@@ -59,6 +59,7 @@ class ServiceState:
     last_ingest: float = 0.0  # monotonic time of the newest ingest request
     last_refit: float = 0.0  # monotonic time the recommender was last refitted
     last_fold: float = 0.0  # monotonic time of the last fold
+    fold_seconds: float = 0.0  # how long the last fold took
     last_campaigns: float = 0.0  # monotonic time campaigns last ran in this process
     force_refit: threading.Event = field(default_factory=threading.Event)
 

@@ -1,0 +1,58 @@
+"""The service's background fold under continuous ingest: it folds every few seconds, less often
+when folds are slow (folding takes a bounded share of the time), never later than a bound.
+
+The loop's clock is the state's monotonic stamps: the test sets them, it never sleeps or times."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import Engine
+
+from automation import api
+from automation.config import Settings
+from automation.service.folder import FOLD_EVERY, FOLD_LATEST, FOLD_SHARE, fold_once
+from automation.service.routes_ingest import ingest_messages
+from automation.service.state import ServiceState
+from automation.simulate import simulate
+
+
+def _pending(state: ServiceState, i: int) -> None:
+    ts = pd.Timestamp("2024-01-20T08:00:00Z") + pd.Timedelta(minutes=i)
+    msg = {
+        "userId": f"fold-{i}",
+        "event": "Order Completed",
+        "messageId": f"fold-{i}",
+        "timestamp": ts.isoformat(),
+        "properties": {"order_id": f"o{i}", "products": [{"product_id": "I0001", "price": 9.0}]},
+    }
+    assert ingest_messages(state, [msg]).accepted == 1
+
+
+def _busy(state: ServiceState, since_fold: float, fold_seconds: float) -> bool:
+    """Whether a pass with ingest still arriving skips the fold (with a batch pending)."""
+    now = time.monotonic()
+    state.last_ingest = now
+    state.last_fold = now - since_fold
+    state.fold_seconds = fold_seconds
+    return "update" not in fold_once(state, embedded=True)
+
+
+def test_slow_folds_are_spaced_under_continuous_ingest(engine: Engine, tmp_path: Path) -> None:
+    sim = simulate(n_users=300, days=15, seed=3, target_events=4_000)
+    path = tmp_path / "shop.csv"
+    sim.events.to_csv(path, index=False)
+    api.ingest(engine, [path])
+    api.segment(engine, k="3")
+    state = ServiceState(engine, Settings(database_url=str(engine.url), api_token="t"))
+    _pending(state, 0)
+    slow = 2 * FOLD_EVERY * FOLD_SHARE  # a fold this slow waits twice FOLD_EVERY
+    assert _busy(state, since_fold=FOLD_EVERY + 1, fold_seconds=slow)
+    assert not _busy(state, since_fold=FOLD_EVERY + 1, fold_seconds=0.0)
+    assert state.fold_seconds > 0  # measured
+    _pending(state, 1)
+    assert not _busy(state, since_fold=2 * FOLD_EVERY + 1, fold_seconds=slow)
+    _pending(state, 2)
+    assert not _busy(state, since_fold=FOLD_LATEST + 1, fold_seconds=1000.0)
