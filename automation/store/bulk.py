@@ -16,7 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy.pool import Pool
 
 SQLITE_TS = "%Y-%m-%d %H:%M:%S"
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -90,10 +91,60 @@ def _sqlite_values(s: pd.Series | np.ndarray) -> list[Any]:
     return [None if v is None or v is pd.NA or v != v else v for v in values]
 
 
+_TEMP_TABLES = "shoal_temp_tables"  # per database connection: temp table name -> columns
+_TEMP_MADE = "shoal_temp_made"  # ... and the ones (re)made in the open transaction
+
+
 def create_temp_like(conn: Connection, name: str, columns_sql: str) -> None:
-    """A fresh temporary table for this transaction's staging."""
+    """An empty temporary table for this transaction's staging.
+
+    Made once per database connection and emptied on later uses: creating and dropping a table
+    is catalog work that PostgreSQL writes to its log and flushes at every commit (milliseconds
+    per staged table). On PostgreSQL the table empties itself at commit (``ON COMMIT DELETE
+    ROWS``), so a reused table does not accumulate dead rows. Asked for with other columns, the
+    table is made again; a rollback that undoes a making is remembered.
+    """
+    info = conn.connection.info
+    tables: dict[str, str] = info.setdefault(_TEMP_TABLES, {})
+    on_commit = " ON COMMIT DELETE ROWS" if conn.dialect.name == "postgresql" else ""
+    if tables.get(name) == columns_sql:
+        conn.execute(
+            text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({columns_sql}){on_commit}")
+        )
+        conn.execute(text(f"DELETE FROM {name}"))
+        return
     conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
-    conn.execute(text(f"CREATE TEMPORARY TABLE {name} ({columns_sql})"))
+    conn.execute(text(f"CREATE TEMPORARY TABLE {name} ({columns_sql}){on_commit}"))
+    tables[name] = columns_sql
+    info.setdefault(_TEMP_MADE, set()).add(name)
+
+
+def _undone(info: dict[str, Any]) -> None:
+    """A rollback: tables (re)made in the transaction may be gone or be the old ones again."""
+    tables = info.get(_TEMP_TABLES, {})
+    for name in info.pop(_TEMP_MADE, ()):
+        tables.pop(name, None)
+
+
+@event.listens_for(Engine, "commit")
+def _kept(conn: Connection) -> None:
+    conn.connection.info.pop(_TEMP_MADE, None)
+
+
+@event.listens_for(Engine, "rollback")
+def _rolled_back(conn: Connection) -> None:
+    _undone(conn.connection.info)
+
+
+@event.listens_for(Engine, "rollback_savepoint")
+def _rolled_back_to(conn: Connection, name: str, context: Any) -> None:
+    _undone(conn.connection.info)
+
+
+@event.listens_for(Pool, "reset")
+def _reset(dbapi_connection: Any, record: Any, state: Any) -> None:
+    if not state.transaction_was_reset:  # the pool rolls back what was left open
+        _undone(record.info)
 
 
 def read_frame(conn: Connection, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
