@@ -67,6 +67,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str = ""
     ingest_block_mb: int = 128
+    ingest_blocks_per_commit: int = 8
     future_tolerance_hours: int = 24
     smtp_url: str = "smtp://127.0.0.1:1025"
     email_address: str = "{user_id}@customers.example.com"
@@ -85,6 +86,7 @@ class Settings:
             ),
             "broker_url": e.get("SHOAL_BROKER_URL", ""),
             "ingest_block_mb": _int_env(e, "SHOAL_INGEST_BLOCK_MB", 128),
+            "ingest_blocks_per_commit": _int_env(e, "SHOAL_INGEST_BLOCKS_PER_COMMIT", 8),
             "future_tolerance_hours": _int_env(e, "SHOAL_FUTURE_TOLERANCE_HOURS", 24),
             "smtp_url": e.get("SHOAL_SMTP_URL") or cls.smtp_url,
             "email_address": e.get("SHOAL_EMAIL_ADDRESS") or cls.email_address,

@@ -105,39 +105,80 @@ def _sorted(select: str, keys: str) -> str:
     return f"SELECT * FROM ({select}) AS agg WHERE TRUE ORDER BY {keys}"
 
 
+ITEM_COLUMNS = ("n_purchases", "n_refunds", "quantity", "revenue")
+CATEGORY_COLUMNS = ("n_views", "n_carts", "n_purchases")
+# The rows each upsert takes, in order: what a select (or a pre-aggregated table) must give.
+UPSERT_COLUMNS = {
+    "user_stats": (
+        "user_key",
+        "first_ts",
+        "last_ts",
+        "first_purchase_ts",
+        "last_purchase_ts",
+        *STATS_COLUMNS,
+    ),
+    "user_orders": ("user_key", "order_id", "ts", "revenue", "n_lines"),
+    "user_items": ("user_key", "item_key", *ITEM_COLUMNS, "last_ts"),
+    "user_categories": ("user_key", "category", *CATEGORY_COLUMNS),
+    "batch_users": ("batch_id", "user_key", "n_events"),
+}
+_KEYS = {
+    "user_stats": "user_key",
+    "user_orders": "user_key, order_id",
+    "user_items": "user_key, item_key",
+    "user_categories": "user_key, category",
+    "batch_users": "batch_id, user_key",
+}
+
+
+def _conflict_sets(table: str) -> list[str]:
+    if table == "user_stats":
+        return [
+            _least(table, "first_ts"),
+            _greatest(table, "last_ts"),
+            _least(table, "first_purchase_ts"),
+            _greatest(table, "last_purchase_ts"),
+            *_add(table, STATS_COLUMNS),
+        ]
+    if table == "user_orders":
+        return [_least(table, "ts"), *_add(table, ("revenue", "n_lines"))]
+    if table == "user_items":
+        return [*_add(table, ITEM_COLUMNS), _greatest(table, "last_ts")]
+    if table == "user_categories":
+        return _add(table, CATEGORY_COLUMNS)
+    return _add(table, ("n_events",))
+
+
+def upsert(table: str, select: str) -> str:
+    """``INSERT INTO table ... select ... ON CONFLICT DO UPDATE``: fold rows into an aggregate."""
+    return (
+        f"INSERT INTO {table} ({', '.join(UPSERT_COLUMNS[table])}) {select} "
+        f"ON CONFLICT ({_KEYS[table]}) DO UPDATE SET {', '.join(_conflict_sets(table))}"
+    )
+
+
 def aggregate_upserts(source: str) -> list[str]:
     """The upserts that fold the events of ``source`` (new events only) into the aggregates."""
-    stats_sets = [
-        _least("user_stats", "first_ts"),
-        _greatest("user_stats", "last_ts"),
-        _least("user_stats", "first_purchase_ts"),
-        _greatest("user_stats", "last_purchase_ts"),
-        *_add("user_stats", STATS_COLUMNS),
-    ]
-    order_sets = [_least("user_orders", "ts"), *_add("user_orders", ("revenue", "n_lines"))]
-    item_cols = ("n_purchases", "n_refunds", "quantity", "revenue")
-    item_sets = [*_add("user_items", item_cols), _greatest("user_items", "last_ts")]
-    cat_cols = ("n_views", "n_carts", "n_purchases")
+    batch_select = f"""SELECT batch_id, user_key, COUNT(*) FROM {source} WHERE TRUE
+            GROUP BY batch_id, user_key"""
     return [
-        f"""INSERT INTO user_stats (user_key, first_ts, last_ts, first_purchase_ts,
-                last_purchase_ts, {", ".join(STATS_COLUMNS)})
-            {_sorted(stats_select(source), "user_key")}
-            ON CONFLICT (user_key) DO UPDATE SET {", ".join(stats_sets)}""",
-        f"""INSERT INTO user_orders (user_key, order_id, ts, revenue, n_lines)
-            {_sorted(orders_select(source), "user_key, order_id")}
-            ON CONFLICT (user_key, order_id) DO UPDATE SET {", ".join(order_sets)}""",
-        f"""INSERT INTO user_items (user_key, item_key, {", ".join(item_cols)}, last_ts)
-            {_sorted(items_select(source), "user_key, item_key")}
-            ON CONFLICT (user_key, item_key) DO UPDATE SET {", ".join(item_sets)}""",
-        f"""INSERT INTO user_categories (user_key, category, {", ".join(cat_cols)})
-            {_sorted(categories_select(source), "user_key, category")}
-            ON CONFLICT (user_key, category) DO UPDATE SET
-            {", ".join(_add("user_categories", cat_cols))}""",
-        f"""INSERT INTO batch_users (batch_id, user_key, n_events)
-            SELECT batch_id, user_key, COUNT(*) FROM {source} WHERE TRUE
-            GROUP BY batch_id, user_key ORDER BY batch_id, user_key
-            ON CONFLICT (batch_id, user_key) DO UPDATE SET
-            n_events = batch_users.n_events + excluded.n_events""",
+        upsert("user_stats", _sorted(stats_select(source), _KEYS["user_stats"])),
+        upsert("user_orders", _sorted(orders_select(source), _KEYS["user_orders"])),
+        upsert("user_items", _sorted(items_select(source), _KEYS["user_items"])),
+        upsert("user_categories", _sorted(categories_select(source), _KEYS["user_categories"])),
+        upsert("batch_users", _sorted(batch_select, _KEYS["batch_users"])),
+    ]
+
+
+def partial_upserts(tables: dict[str, str]) -> list[str]:
+    """Upserts from pre-aggregated tables (aggregate name -> table with its upsert columns)."""
+    return [
+        upsert(
+            name,
+            f"SELECT {', '.join(UPSERT_COLUMNS[name])} FROM {table} WHERE TRUE "
+            f"ORDER BY {_KEYS[name]}",
+        )
+        for name, table in tables.items()
     ]
 
 

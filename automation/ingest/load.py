@@ -1,11 +1,17 @@
 """Bulk load of validated events: ids, user/item keys, staging, de-duplication, aggregates.
 
-One batch is one transaction, under the ingest lock the caller holds
-(:func:`automation.store.locks.acquire_lock`): users and items are upserted, then the batch is staged in a
-temporary table (``COPY`` on PostgreSQL), rows already stored are removed from the stage and
-counted as duplicates, the rest go into ``events`` in one ``INSERT ... SELECT`` (the primary key
-enforces uniqueness), and the running aggregates are folded from the stage. No Python loop over
-rows touches the database.
+Blocks are loaded under the ingest lock the caller holds
+(:func:`automation.store.locks.acquire_lock`), one or more per transaction (:func:`open_window`,
+then :func:`load_batch` per block). Per block, users and items are upserted, then the events go
+in. On PostgreSQL a block whose ids all sort after the largest stored id cannot hold a stored
+duplicate (ids are time-prefixed): it is sent with one binary ``COPY`` straight into ``events``,
+and its contribution to the running aggregates, grouped in Python while the block was prepared
+(:mod:`automation.features.partials`), is copied and folded in. Any other block (and every block
+on SQLite) is staged in a temporary table, rows already stored are removed from the stage and
+counted as duplicates, the rest go into ``events`` with one ``INSERT ... SELECT``, and the
+aggregates are folded from the stage in SQL. The primary key enforces uniqueness either way.
+Coupon codes, which ``events`` does not store, travel in a small side stage and are redeemed
+before the fold. No Python loop over rows touches the database.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import pyarrow as pa
 from sqlalchemy import Connection, text
 
 from automation.features.aggregates import fold_into_aggregates
+from automation.features.partials import Partials, block_partials, fold_partials
 from automation.store.bulk import create_temp_like, ids_to_hex, read_frame, write_frame
 from automation.store.pgcopy import Encoder, copy_binary, join_rows
 
@@ -53,19 +60,22 @@ EVENT_COLUMNS = (
     "order_id",
     "batch_id",
 )
-# The stage holds the events' columns and the coupon code (redemptions, not stored in events).
-STAGE_COLUMNS = (*EVENT_COLUMNS, "coupon")
 _STAGE_SQL = {
     "postgresql": "event_id uuid, user_key bigint, type varchar(10), ts timestamptz, "
     "item_key bigint, category varchar(200), quantity float8, price float8, revenue float8, "
-    "rating float8, session_id varchar(200), order_id varchar(200), batch_id integer, "
-    "coupon varchar(200)",
+    "rating float8, session_id varchar(200), order_id varchar(200), batch_id integer",
     "sqlite": "event_id BLOB, user_key INTEGER, type TEXT, ts TEXT, item_key INTEGER, "
     "category TEXT, quantity REAL, price REAL, revenue REAL, rating REAL, session_id TEXT, "
-    "order_id TEXT, batch_id INTEGER, coupon TEXT",
+    "order_id TEXT, batch_id INTEGER",
 }
-# Stage columns the helper thread can encode before the database assigns keys.
-HEAD_COLUMNS = tuple(c for c in STAGE_COLUMNS if c not in ("user_key", "item_key", "batch_id"))
+# Purchases that carry a coupon code (redemptions; the code is not stored in ``events``).
+_COUPONS_SQL = {
+    "postgresql": "event_id uuid, user_key bigint, type varchar(10), ts timestamptz, "
+    "order_id varchar(200), coupon varchar(200)",
+    "sqlite": "event_id BLOB, user_key INTEGER, type TEXT, ts TEXT, order_id TEXT, coupon TEXT",
+}
+# Event columns the helper thread can encode before the database assigns keys.
+HEAD_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in ("user_key", "item_key", "batch_id"))
 STAGE_TYPES = {
     "event_id": "uuid",
     "user_key": "int8",
@@ -80,7 +90,6 @@ STAGE_TYPES = {
     "session_id": "text",
     "order_id": "text",
     "batch_id": "int4",
-    "coupon": "text",
 }
 _KEYS_SQL = {
     "postgresql": "external_id varchar(200), name text, category varchar(200), price float8, "
@@ -178,6 +187,7 @@ class Prepared:
     items: pd.DataFrame | None
     order: pd.Series
     head: list[pa.Array] | None = None  # binary COPY rows without their keys (PostgreSQL)
+    partials: Partials | None = None  # the block's aggregate rows (PostgreSQL)
 
 
 def _min_id(ids: np.ndarray) -> bytes:
@@ -228,7 +238,8 @@ def prepare_batch(acc: pd.DataFrame, non_product: object | None, binary: bool = 
     prep = Prepared(acc, ids, _min_id(ids), int(dup_in_batch.sum()), users, items, order)
     if binary and len(acc):
         head = {c: _stage_value(prep, c) for c in HEAD_COLUMNS}
-        prep.head = Encoder(head, STAGE_TYPES, fields=len(STAGE_COLUMNS)).chunks()
+        prep.head = Encoder(head, STAGE_TYPES, fields=len(EVENT_COLUMNS)).chunks()
+        prep.partials = block_partials(acc, order)
     return prep
 
 
@@ -257,21 +268,20 @@ def _largest_stored_id(conn: Connection) -> bytes | None:
 def load_batch(conn: Connection, prep: Prepared, batch_id: int) -> Loaded:
     """Persist one prepared block; returns how many events were new and how many duplicates.
 
-    The caller holds the ingest lock, so no other writer adds events meanwhile. When every id of
-    the block sorts after the largest stored id (the usual case: ids are time-prefixed and new
-    events are newer), no stored event can be a duplicate and the check is skipped; otherwise
-    stored duplicates are removed from the stage first. The primary key enforces uniqueness in
-    both cases.
+    Call after :func:`open_window`, under the ingest lock, so no other writer adds events
+    meanwhile. When every id of the block sorts after the largest
+    stored id (the usual case: ids are time-prefixed and new events are newer), no stored event
+    can be a duplicate: on PostgreSQL the block is copied straight into ``events``, elsewhere the
+    check is skipped. Otherwise stored duplicates are removed from the stage first.
     """
     acc = prep.acc
     if len(acc) == 0:
         return Loaded(0, prep.dup_in_batch)
-    if conn.dialect.name == "postgresql":
-        # Room for the aggregates' hash tables (a block's users and categories) in memory.
-        conn.execute(text("SET LOCAL work_mem = '256MB'"))
+    pg = conn.dialect.name == "postgresql"
     user_keys = upsert_keys(conn, "users", prep.users, "NOTHING")
     item_key = np.full(len(acc), -1, dtype=np.int64)
     has_item = acc["item_id"].notna().to_numpy()
+    item_keys = pd.Series(dtype="int64")
     if prep.items is not None:
         item_keys = upsert_keys(
             conn,
@@ -287,40 +297,103 @@ def load_batch(conn: Connection, prep: Prepared, batch_id: int) -> Loaded:
         "item_key": pd.Series(item_key).astype("Int64").where(has_item),
         "batch_id": pd.Series(np.full(len(acc), batch_id, dtype=np.int64)),
     }
-    create_temp_like(conn, "_stage_events", _STAGE_SQL[conn.dialect.name])
-    if conn.dialect.name == "postgresql":
-        head = prep.head
-        if head is None:
-            head = Encoder(
-                {c: _stage_value(prep, c) for c in HEAD_COLUMNS},
-                STAGE_TYPES,
-                fields=len(STAGE_COLUMNS),
-            ).chunks()
-        body = join_rows(head, Encoder(tail, STAGE_TYPES, fields=0))
-        copy_binary(conn, "_stage_events", [*HEAD_COLUMNS, *tail], body)
-    else:
-        stage = {**{c: _stage_value(prep, c) for c in HEAD_COLUMNS}, **tail}
-        write_frame(conn, "_stage_events", stage)
     largest = _largest_stored_id(conn)
+    newer = largest is None or prep.min_id > largest
+    coupons = _stage_coupons(conn, prep, tail["user_key"])
     dup_stored = 0
-    if largest is not None and prep.min_id <= largest:
-        dup_stored = conn.execute(
-            text(
-                "DELETE FROM _stage_events WHERE EXISTS "
-                "(SELECT 1 FROM events e WHERE e.event_id = _stage_events.event_id)"
-            )
+    direct = pg and newer and prep.partials is not None
+    if direct:
+        copy_binary(conn, "events", [*HEAD_COLUMNS, *tail], _binary_rows(prep, tail))
+        inserted = len(acc)
+    else:
+        create_temp_like(conn, "_stage_events", _STAGE_SQL[conn.dialect.name])
+        if pg:
+            copy_binary(conn, "_stage_events", [*HEAD_COLUMNS, *tail], _binary_rows(prep, tail))
+        else:
+            stage = {**{c: _stage_value(prep, c) for c in HEAD_COLUMNS}, **tail}
+            write_frame(conn, "_stage_events", stage)
+        if not newer:
+            dup_stored = _drop_stored(conn, "_stage_events")
+            if coupons:
+                _drop_stored(conn, "_stage_coupons")
+        cols = ", ".join(EVENT_COLUMNS)
+        inserted = conn.execute(
+            text(f"INSERT INTO events ({cols}) SELECT {cols} FROM _stage_events")
         ).rowcount
-    cols = ", ".join(EVENT_COLUMNS)
-    inserted = conn.execute(
-        text(f"INSERT INTO events ({cols}) SELECT {cols} FROM _stage_events")
-    ).rowcount
     if inserted != len(acc) - dup_stored:
         raise RuntimeError(
             f"concurrent writer: staged {len(acc) - dup_stored} events, inserted {inserted}"
         )
-    redeem_coupons(conn, "_stage_events")  # before the fold: an order seen earlier is known
-    fold_into_aggregates(conn, "_stage_events")
+    if coupons:
+        redeem_coupons(conn, "_stage_coupons")  # before the fold: an order seen is known
+    if direct:
+        part = prep.partials
+        assert part is not None
+        fold_partials(
+            conn,
+            part,
+            _lookup(user_keys, pd.Series(part.user_ids)),
+            _lookup(item_keys, pd.Series(part.item_ids)) if prep.items is not None else _NO_KEYS,
+            batch_id,
+        )
+    else:
+        fold_into_aggregates(conn, "_stage_events")
     return Loaded(inserted, prep.dup_in_batch + dup_stored)
+
+
+_NO_KEYS = np.empty(0, dtype=np.int64)
+
+
+def _drop_stored(conn: Connection, table: str) -> int:
+    """Remove the staged rows whose event is already stored; returns how many."""
+    return int(
+        conn.execute(
+            text(
+                f"DELETE FROM {table} WHERE EXISTS "
+                f"(SELECT 1 FROM events e WHERE e.event_id = {table}.event_id)"
+            )
+        ).rowcount
+    )
+
+
+def _binary_rows(prep: Prepared, tail: dict[str, pd.Series]) -> list[pa.Buffer]:
+    head = prep.head
+    if head is None:
+        head = Encoder(
+            {c: _stage_value(prep, c) for c in HEAD_COLUMNS},
+            STAGE_TYPES,
+            fields=len(EVENT_COLUMNS),
+        ).chunks()
+    return join_rows(head, Encoder(tail, STAGE_TYPES, fields=0))
+
+
+def _stage_coupons(conn: Connection, prep: Prepared, user_key: pd.Series) -> int:
+    """Stage the block's purchases that carry a coupon code; returns how many."""
+    coupon = prep.acc["coupon"]
+    rows = (coupon.notna() & (prep.acc["type"] == "purchase")).to_numpy()
+    if not rows.any():
+        return 0
+    create_temp_like(conn, "_stage_coupons", _COUPONS_SQL[conn.dialect.name])
+    write_frame(
+        conn,
+        "_stage_coupons",
+        {
+            "event_id": prep.ids[rows],
+            "user_key": user_key[rows].reset_index(drop=True),
+            "type": prep.acc.loc[rows, "type"].reset_index(drop=True),
+            "ts": prep.acc.loc[rows, "ts"].reset_index(drop=True),
+            "order_id": prep.order[rows].reset_index(drop=True),
+            "coupon": coupon[rows].reset_index(drop=True),
+        },
+    )
+    return int(rows.sum())
+
+
+def open_window(conn: Connection) -> None:
+    """Start a window of blocks in this transaction (the caller holds the ingest lock)."""
+    if conn.dialect.name == "postgresql":
+        # Room for the aggregates' hash tables (a block's users and categories) in memory.
+        conn.execute(text("SET LOCAL work_mem = '256MB'"))
 
 
 def redeem_coupons(conn: Connection, source: str) -> None:

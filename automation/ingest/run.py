@@ -5,19 +5,25 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from automation.config import Settings
 from automation.errors import EmptyInputError
-from automation.ingest.load import Prepared, load_batch, prepare_batch, store_quarantine
+from automation.ingest.load import (
+    Prepared,
+    load_batch,
+    open_window,
+    prepare_batch,
+    store_quarantine,
+)
 from automation.ingest.mapping import ColumnPlan, parse_pairs, plan_columns, preset_named
 from automation.ingest.pseudonym import pseudonymise
 from automation.ingest.readers import RawBatch, detect_format, read_file
@@ -156,51 +162,72 @@ def prepare_block(
     return PreparedBlock(raw, prepared, quarantine)
 
 
-def commit_block(engine: Engine, block: PreparedBlock, origin: BatchSource) -> IngestReport:
-    """Load one prepared block and its quarantine rows in one transaction.
+def commit_blocks(
+    engine: Engine,
+    blocks: Iterable[PreparedBlock],
+    origin: BatchSource,
+    progress: Progress | None = None,
+) -> list[IngestReport]:
+    """Load prepared blocks and their quarantine rows in one transaction (a window).
 
-    The block's ``ingest_batches`` row is created and finished inside that transaction, under
+    Each block's ``ingest_batches`` row is created and finished inside that transaction, under
     the ingest lock: a crash leaves no half-recorded batch, and batch ids are committed in
-    order, so an update's watermark can never pass a batch that commits later.
+    order, so an update's watermark can never pass a batch that commits later. ``blocks`` may be
+    a generator that prepares the next block while this one is in the database.
     """
-    quarantine = block.quarantine
-    n_q = len(quarantine["reason"])
+    reports: list[IngestReport] = []
     with engine.begin() as conn:
         acquire_lock(conn, "ingest")
-        batch_id = int(
-            conn.execute(
-                text(
-                    "INSERT INTO ingest_batches (source, preset, mapping, read, accepted, "
-                    "duplicates, quarantined) VALUES (:s, :p, :m, 0, 0, 0, 0) RETURNING id"
-                ),
-                {"s": origin.source, "p": origin.preset, "m": json.dumps(origin.mapping)},
-            ).scalar_one()
-        )
-        loaded = load_batch(conn, block.prepared, batch_id)
-        quarantine["batch_id"] = pd.Series(np.full(n_q, batch_id, dtype=np.int64))
-        store_quarantine(conn, quarantine)
-        report = IngestReport(
-            read=block.raw.read,
-            accepted=loaded.inserted,
-            duplicates=loaded.duplicates,
-            quarantined=n_q,
-            reasons=Counter(quarantine["reason"].tolist()),
-        )
-        if report.read != report.accepted + report.duplicates + report.quarantined:
-            raise RuntimeError(f"accounting broken in batch {batch_id}: {report.to_dict()}")
+        open_window(conn)
+        for block in blocks:
+            reports.append(_commit_one(conn, block, origin))
+            if progress is not None:
+                progress(reports[-1].read)
+    return reports
+
+
+def commit_block(engine: Engine, block: PreparedBlock, origin: BatchSource) -> IngestReport:
+    """Load one prepared block and its quarantine rows in one transaction."""
+    return commit_blocks(engine, [block], origin)[0]
+
+
+def _commit_one(conn: Connection, block: PreparedBlock, origin: BatchSource) -> IngestReport:
+    quarantine = block.quarantine
+    n_q = len(quarantine["reason"])
+    batch_id = int(
         conn.execute(
             text(
-                "UPDATE ingest_batches SET read = :r, accepted = :a, duplicates = :d, "
-                "quarantined = :q, finished_at = CURRENT_TIMESTAMP WHERE id = :id"
+                "INSERT INTO ingest_batches (source, preset, mapping, read, accepted, "
+                "duplicates, quarantined) VALUES (:s, :p, :m, 0, 0, 0, 0) RETURNING id"
             ),
-            {
-                "r": report.read,
-                "a": report.accepted,
-                "d": report.duplicates,
-                "q": report.quarantined,
-                "id": batch_id,
-            },
-        )
+            {"s": origin.source, "p": origin.preset, "m": json.dumps(origin.mapping)},
+        ).scalar_one()
+    )
+    loaded = load_batch(conn, block.prepared, batch_id)
+    quarantine["batch_id"] = pd.Series(np.full(n_q, batch_id, dtype=np.int64))
+    store_quarantine(conn, quarantine)
+    report = IngestReport(
+        read=block.raw.read,
+        accepted=loaded.inserted,
+        duplicates=loaded.duplicates,
+        quarantined=n_q,
+        reasons=Counter(quarantine["reason"].tolist()),
+    )
+    if report.read != report.accepted + report.duplicates + report.quarantined:
+        raise RuntimeError(f"accounting broken in batch {batch_id}: {report.to_dict()}")
+    conn.execute(
+        text(
+            "UPDATE ingest_batches SET read = :r, accepted = :a, duplicates = :d, "
+            "quarantined = :q, finished_at = CURRENT_TIMESTAMP WHERE id = :id"
+        ),
+        {
+            "r": report.read,
+            "a": report.accepted,
+            "d": report.duplicates,
+            "q": report.quarantined,
+            "id": batch_id,
+        },
+    )
     return report
 
 
@@ -210,6 +237,37 @@ def ingest_batch(
     """Validate, load and quarantine one block in one transaction."""
     binary = engine.dialect.name == "postgresql"
     return commit_block(engine, prepare_block(raw, plan, origin, settings, binary), origin)
+
+
+class _Pipeline:
+    """A file's blocks, the next one always being prepared in a helper thread.
+
+    While a block is loaded (also across transactions), the helper reads, validates, encodes
+    and groups the block that comes after.
+    """
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        prepare: Callable[[RawBatch | None], PreparedBlock | None],
+        first: RawBatch,
+    ) -> None:
+        self.pool = pool
+        self.prepare = prepare
+        self.pending = pool.submit(prepare, first)
+
+    @property
+    def done(self) -> bool:
+        return self.pending.result() is None
+
+    def window(self, size: int) -> Iterator[PreparedBlock]:
+        """The next ``size`` blocks (fewer at the end of the file)."""
+        for _ in range(max(1, size)):
+            block = self.pending.result()
+            if block is None:
+                return
+            self.pending = self.pool.submit(self.prepare, None)
+            yield block
 
 
 def ingest_files(
@@ -225,7 +283,8 @@ def ingest_files(
 
     Two stages overlap: a helper thread reads, validates and keys block i+1 (pandas and Arrow
     release the GIL for much of it) while this thread loads block i into the database, which
-    works in its own process. Blocks are committed in file order, one transaction each.
+    works in its own process. Blocks are committed in file order, up to
+    ``settings.ingest_blocks_per_commit`` of them per transaction.
     """
     started = time.perf_counter()
     chosen = preset_named(preset)
@@ -250,13 +309,11 @@ def ingest_files(
                     return None
                 return prepare_block(raw, plan, origin, settings, binary)  # noqa: B023
 
-            pending: Future[PreparedBlock | None] = pool.submit(prepare_next, first)
-            while (block := pending.result()) is not None:
-                pending = pool.submit(prepare_next, None)
-                report = commit_block(engine, block, origin)
-                total.add(report)
-                if progress is not None:
-                    progress(report.read)
+            blocks = _Pipeline(pool, prepare_next, first)
+            while not blocks.done:
+                window = blocks.window(settings.ingest_blocks_per_commit)
+                for report in commit_blocks(engine, window, origin, progress):
+                    total.add(report)
             total.files.append(str(path))
     total.seconds = time.perf_counter() - started
     return total

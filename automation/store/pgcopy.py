@@ -137,6 +137,14 @@ def join_rows(head: list[pa.Array], tail: Encoder) -> list[pa.Buffer]:
     return body
 
 
+def stream(encoder: Encoder) -> list[pa.Buffer]:
+    """A whole stream (header, every row, trailer) from one encoder."""
+    rows = [
+        encoder.rows(i, min(i + CHUNK_ROWS, encoder.n)) for i in range(0, encoder.n, CHUNK_ROWS)
+    ]
+    return [pa.py_buffer(HEADER), *rows, pa.py_buffer(TRAILER)]
+
+
 def copy_binary(conn: Connection, table: str, names: Sequence[str], body: list[pa.Buffer]) -> None:
     """Send an encoded stream with ``COPY table (names) FROM STDIN (FORMAT binary)``."""
     raw: Any = conn.connection.dbapi_connection

@@ -1,0 +1,225 @@
+"""A block's contribution to the running aggregates, computed in Python before the database.
+
+The ingest's helper thread has every accepted row of a block in memory; it groups them here
+(integer codes, NumPy and pandas) into the rows each aggregate upsert takes, so the database only
+receives the grouped rows (``COPY``) and folds them in (:func:`fold_partials`), instead of
+grouping the staged events itself. The arithmetic is that of the SQL selects in
+:mod:`automation.features.aggregates` (missing revenue, quantity or rating count as 0; refunds
+subtract), which stay the reference: ``build_features(conn, from_events=True)`` recomputes the
+same figures from ``events``. Users and items are grouped by their external ids' codes; the
+database keys are attached at fold time, once the block's users and items are upserted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, text
+
+from automation.features.aggregates import (
+    CATEGORY_COLUMNS,
+    ITEM_COLUMNS,
+    STATS_COLUMNS,
+    UPSERT_COLUMNS,
+    partial_upserts,
+)
+from automation.store.bulk import create_temp_like
+from automation.store.pgcopy import Encoder, copy_binary, stream
+
+_COUNTED = {"view": "n_views", "cart": "n_carts", "remove": "n_removes"}
+_TYPES = {
+    "user_key": "int8",
+    "item_key": "int8",
+    "batch_id": "int4",
+    "order_id": "text",
+    "category": "text",
+    "first_ts": "timestamptz",
+    "last_ts": "timestamptz",
+    "first_purchase_ts": "timestamptz",
+    "last_purchase_ts": "timestamptz",
+    "ts": "timestamptz",
+    "rating_sum": "float8",
+    "purchase_revenue": "float8",
+    "refund_revenue": "float8",
+    "revenue": "float8",
+    "quantity": "float8",
+}
+_SQL_TYPES = {
+    "int8": "bigint",
+    "int4": "integer",
+    "text": "varchar(200)",
+    "timestamptz": "timestamptz",
+    "float8": "float8",
+}
+
+
+@dataclass
+class Partials:
+    """Grouped rows per aggregate; ``user``/``item`` columns hold codes into the id arrays."""
+
+    user_ids: np.ndarray  # external user id per user code
+    item_ids: np.ndarray  # external item id per item code
+    stats: dict[str, np.ndarray]  # per user code: the user_stats columns but user_key
+    orders: pd.DataFrame  # user, order_id, ts, revenue, n_lines
+    items: pd.DataFrame  # user, item, n_purchases, n_refunds, quantity, revenue, last_ts
+    categories: pd.DataFrame  # user, category, n_views, n_carts, n_purchases
+
+
+def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return codes.astype(np.int64), np.asarray(uniques, dtype=object)
+
+
+def _utc(us: np.ndarray) -> pd.Series:
+    """Microseconds since the epoch (NaN where none) as UTC datetimes (NaT where none)."""
+    ok = ~np.isnan(us)
+    vals = np.where(ok, us, 0).astype("int64").astype("datetime64[us]")
+    return pd.Series(vals).dt.tz_localize("UTC").where(ok)
+
+
+def _by_pair(first: np.ndarray, second: np.ndarray, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Group rows by (first, second) integer codes; sum every column (``*_ts`` ones: max/min)."""
+    width = int(second.max()) + 1 if len(second) else 1
+    frame = pd.DataFrame({"key": first * width + second, **columns})
+    how = {c: ("min" if c == "ts" else "max" if c.endswith("_ts") else "sum") for c in columns}
+    out = frame.groupby("key", sort=True).agg(how)
+    keys = out.index.to_numpy()
+    out.insert(0, "second", keys % width)
+    out.insert(0, "first", keys // width)
+    return out.reset_index(drop=True)
+
+
+def block_partials(acc: pd.DataFrame, order: pd.Series) -> Partials:
+    """Group a block's accepted rows (``order``: each line's order id) into aggregate rows."""
+    user, user_ids = _codes(acc["user_id"])
+    item, item_ids = _codes(acc["item_id"])
+    n = len(user_ids)
+    kind = acc["type"].to_numpy(dtype=object)
+    ts = acc["ts"].astype("datetime64[us, UTC]").dt.tz_localize(None).to_numpy().astype("int64")
+    ts_f = ts.astype("float64")  # exact: microseconds stay below 2**53 until the year 2255
+    purchase, refund = kind == "purchase", kind == "refund"
+    revenue = acc["revenue"].to_numpy(dtype="float64", na_value=np.nan)
+    revenue = np.where(np.isnan(revenue), 0.0, revenue)
+    quantity = acc["quantity"].to_numpy(dtype="float64", na_value=np.nan)
+    quantity = np.where(np.isnan(quantity), 0.0, quantity)
+    rating = acc["rating"].to_numpy(dtype="float64", na_value=np.nan)
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(user[mask], minlength=n).astype(np.int64)
+
+    def total(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+        return np.bincount(user[mask], weights=values[mask], minlength=n)
+
+    times = pd.DataFrame({"u": user, "ts": ts_f, "p": np.where(purchase, ts_f, np.nan)})
+    span = times.groupby("u", sort=True).agg(
+        first=("ts", "min"), last=("ts", "max"), pfirst=("p", "min"), plast=("p", "max")
+    )
+    every = np.ones(len(acc), dtype=bool)
+    stats: dict[str, np.ndarray] = {
+        "first_ts": span["first"].to_numpy(),
+        "last_ts": span["last"].to_numpy(),
+        "first_purchase_ts": span["pfirst"].to_numpy(),
+        "last_purchase_ts": span["plast"].to_numpy(),
+        "n_events": count(every),
+        **{col: count(kind == k) for k, col in _COUNTED.items()},
+        "n_purchases": count(purchase),
+        "n_refunds": count(refund),
+        "n_ratings": count(kind == "rating"),
+        "rating_sum": total(kind == "rating", np.where(np.isnan(rating), 0.0, rating)),
+        "purchase_revenue": total(purchase, revenue),
+        "refund_revenue": total(refund, revenue),
+    }
+    assert set(stats) == {"first_ts", "last_ts", "first_purchase_ts", "last_purchase_ts"} | set(
+        STATS_COLUMNS
+    )
+
+    o_code, o_ids = _codes(order[purchase].reset_index(drop=True))
+    orders = _by_pair(
+        user[purchase],
+        o_code,
+        {"ts": ts_f[purchase], "revenue": revenue[purchase], "n_lines": np.ones(purchase.sum())},
+    ).rename(columns={"first": "user"})
+    orders.insert(1, "order_id", o_ids[orders.pop("second").to_numpy()])
+
+    line = (purchase | refund) & (item >= 0)
+    sign = np.where(purchase, 1.0, -1.0)[line]
+    items = _by_pair(
+        user[line],
+        item[line],
+        {
+            "n_purchases": purchase[line].astype(np.int64),
+            "n_refunds": refund[line].astype(np.int64),
+            "quantity": quantity[line] * sign,
+            "revenue": revenue[line] * sign,
+            "last_ts": ts_f[line],
+        },
+    ).rename(columns={"first": "user", "second": "item"})
+
+    c_code, c_ids = _codes(acc["category"])
+    has_cat = c_code >= 0
+    categories = _by_pair(
+        user[has_cat],
+        c_code[has_cat],
+        {
+            "n_views": (kind == "view")[has_cat].astype(np.int64),
+            "n_carts": (kind == "cart")[has_cat].astype(np.int64),
+            "n_purchases": purchase[has_cat].astype(np.int64),
+        },
+    ).rename(columns={"first": "user"})
+    categories.insert(1, "category", c_ids[categories.pop("second").to_numpy()])
+    return Partials(user_ids, item_ids, stats, orders, items, categories)
+
+
+def fold_partials(
+    conn: Connection,
+    part: Partials,
+    user_keys: np.ndarray,
+    item_keys: np.ndarray,
+    batch_id: int,
+) -> None:
+    """Fold a block's partials into the aggregates (PostgreSQL; keys per user and item code)."""
+    stats = part.stats
+    rows: dict[str, dict[str, object]] = {
+        "user_stats": {
+            "user_key": user_keys,
+            **{c: _utc(stats[c]) for c in stats if c.endswith("_ts")},
+            **{c: stats[c] for c in STATS_COLUMNS},
+        },
+        "user_orders": {
+            "user_key": user_keys[part.orders["user"].to_numpy()],
+            "order_id": part.orders["order_id"],
+            "ts": _utc(part.orders["ts"].to_numpy()),
+            "revenue": part.orders["revenue"],
+            "n_lines": part.orders["n_lines"].astype("int64"),
+        },
+        "user_items": {
+            "user_key": user_keys[part.items["user"].to_numpy()],
+            "item_key": item_keys[part.items["item"].to_numpy()],
+            **{c: part.items[c] for c in ITEM_COLUMNS},
+            "last_ts": _utc(part.items["last_ts"].to_numpy()),
+        },
+        "user_categories": {
+            "user_key": user_keys[part.categories["user"].to_numpy()],
+            "category": part.categories["category"],
+            **{c: part.categories[c] for c in CATEGORY_COLUMNS},
+        },
+        "batch_users": {
+            "batch_id": np.full(len(user_keys), batch_id, dtype=np.int64),
+            "user_key": user_keys,
+            "n_events": stats["n_events"],
+        },
+    }
+    tables = {}
+    for name, columns in rows.items():
+        table = f"_part_{name}"
+        names = UPSERT_COLUMNS[name]
+        types = {c: _TYPES.get(c, "int8") for c in names}
+        create_temp_like(conn, table, ", ".join(f"{c} {_SQL_TYPES[types[c]]}" for c in names))
+        ordered = {c: columns[c] for c in names}
+        if len(next(iter(ordered.values()))):  # type: ignore[arg-type]
+            copy_binary(conn, table, names, stream(Encoder(ordered, types)))
+        tables[name] = table
+    for statement in partial_upserts(tables):
+        conn.execute(text(statement))
