@@ -2,8 +2,8 @@
 
 The ingest's helper thread has every accepted row of a block in memory; it groups them here
 (integer codes, NumPy and pandas) into the rows each aggregate upsert takes, so the database only
-receives the grouped rows (``COPY``) and folds them in (:func:`fold_partials`), instead of
-grouping the staged events itself. The arithmetic is that of the SQL selects in
+receives the grouped rows (``COPY``) and folds them in (:class:`Window`, once for all the blocks
+of a transaction), instead of grouping the staged events itself. The arithmetic is that of the SQL selects in
 :mod:`automation.features.aggregates` (missing revenue, quantity or rating count as 0; refunds
 subtract), which stay the reference: ``build_features(conn, from_events=True)`` recomputes the
 same figures from ``events``. Users and items are grouped by their external ids' codes; the
@@ -172,54 +172,123 @@ def block_partials(acc: pd.DataFrame, order: pd.Series) -> Partials:
     return Partials(user_ids, item_ids, stats, orders, items, categories)
 
 
-def fold_partials(
-    conn: Connection,
-    part: Partials,
-    user_keys: np.ndarray,
-    item_keys: np.ndarray,
-    batch_id: int,
-) -> None:
-    """Fold a block's partials into the aggregates (PostgreSQL; keys per user and item code)."""
+def keyed_rows(
+    part: Partials, user_keys: np.ndarray, item_keys: np.ndarray
+) -> dict[str, pd.DataFrame]:
+    """The partials with database keys, as the rows each aggregate's upsert takes."""
     stats = part.stats
-    rows: dict[str, dict[str, object]] = {
-        "user_stats": {
-            "user_key": user_keys,
-            **{c: _utc(stats[c]) for c in stats if c.endswith("_ts")},
-            **{c: stats[c] for c in STATS_COLUMNS},
-        },
-        "user_orders": {
-            "user_key": user_keys[part.orders["user"].to_numpy()],
-            "order_id": part.orders["order_id"],
-            "ts": _utc(part.orders["ts"].to_numpy()),
-            "revenue": part.orders["revenue"],
-            "n_lines": part.orders["n_lines"].astype("int64"),
-        },
-        "user_items": {
-            "user_key": user_keys[part.items["user"].to_numpy()],
-            "item_key": item_keys[part.items["item"].to_numpy()],
-            **{c: part.items[c] for c in ITEM_COLUMNS},
-            "last_ts": _utc(part.items["last_ts"].to_numpy()),
-        },
-        "user_categories": {
-            "user_key": user_keys[part.categories["user"].to_numpy()],
-            "category": part.categories["category"],
-            **{c: part.categories[c] for c in CATEGORY_COLUMNS},
-        },
-        "batch_users": {
-            "batch_id": np.full(len(user_keys), batch_id, dtype=np.int64),
-            "user_key": user_keys,
-            "n_events": stats["n_events"],
-        },
+    orders, items, cats = part.orders, part.items, part.categories
+    return {
+        "user_stats": pd.DataFrame(
+            {
+                "user_key": user_keys,
+                **{c: _utc(stats[c]) for c in stats if c.endswith("_ts")},
+                **{c: stats[c] for c in STATS_COLUMNS},
+            }
+        ),
+        "user_orders": pd.DataFrame(
+            {
+                "user_key": user_keys[orders["user"].to_numpy()],
+                "order_id": orders["order_id"].to_numpy(),
+                "ts": _utc(orders["ts"].to_numpy()),
+                "revenue": orders["revenue"].to_numpy(),
+                "n_lines": orders["n_lines"].to_numpy().astype("int64"),
+            }
+        ),
+        "user_items": pd.DataFrame(
+            {
+                "user_key": user_keys[items["user"].to_numpy()],
+                "item_key": item_keys[items["item"].to_numpy()],
+                **{c: items[c].to_numpy() for c in ITEM_COLUMNS},
+                "last_ts": _utc(items["last_ts"].to_numpy()),
+            }
+        ),
+        "user_categories": pd.DataFrame(
+            {
+                "user_key": user_keys[cats["user"].to_numpy()],
+                "category": cats["category"].to_numpy(),
+                **{c: cats[c].to_numpy() for c in CATEGORY_COLUMNS},
+            }
+        ),
     }
-    tables = {}
-    for name, columns in rows.items():
-        table = f"_part_{name}"
-        names = UPSERT_COLUMNS[name]
-        types = {c: _TYPES.get(c, "int8") for c in names}
-        create_temp_like(conn, table, ", ".join(f"{c} {_SQL_TYPES[types[c]]}" for c in names))
-        ordered = {c: columns[c] for c in names}
-        if len(next(iter(ordered.values()))):  # type: ignore[arg-type]
-            copy_binary(conn, table, names, stream(Encoder(ordered, types)))
-        tables[name] = table
-    for statement in partial_upserts(tables):
-        conn.execute(text(statement))
+
+
+def _copy(
+    conn: Connection,
+    table: str,
+    frame: pd.DataFrame,
+    names: tuple[str, ...],
+    types: dict[str, str] | None = None,
+) -> None:
+    types = types or {c: _TYPES.get(c, "int8") for c in names}
+    if len(frame):
+        copy_binary(conn, table, names, stream(Encoder({c: frame[c] for c in names}, types)))
+
+
+def _combine(name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Several blocks' rows of one aggregate as one row per key (the upsert's arithmetic)."""
+    if len(frames) == 1:
+        return frames[0]
+    keys = [c for c in UPSERT_COLUMNS[name] if c in _KEY_COLUMNS]
+    how = {
+        c: ("min" if c in _EARLIEST else "max" if c.endswith("_ts") else "sum")
+        for c in UPSERT_COLUMNS[name]
+        if c not in keys
+    }
+    return pd.concat(frames, ignore_index=True).groupby(keys, sort=False).agg(how).reset_index()
+
+
+# ``batch_users`` is copied into directly: its own column types (``n_events`` is an integer).
+_BATCH_TYPES = {"batch_id": "int4", "user_key": "int8", "n_events": "int4"}
+_KEY_COLUMNS = ("user_key", "order_id", "item_key", "category")
+_EARLIEST = ("first_ts", "first_purchase_ts", "ts")
+
+
+class Window:
+    """Aggregate rows of the blocks of one transaction, folded together.
+
+    A user seen in every block of a window is upserted once, not once per block. The rows are
+    folded when :meth:`flush` is called (at the end of the window, before coupons are redeemed,
+    and whenever ``max_rows`` rows are pending); ``batch_users`` rows, new for every batch, are
+    copied in at once.
+    """
+
+    def __init__(self, conn: Connection, max_rows: int = 4_000_000) -> None:
+        self.conn = conn
+        self.max_rows = max_rows
+        self.pending: dict[str, list[pd.DataFrame]] = {}
+        self.rows = 0
+
+    def add(
+        self, part: Partials, user_keys: np.ndarray, item_keys: np.ndarray, batch_id: int
+    ) -> None:
+        batch = pd.DataFrame(
+            {
+                "batch_id": np.full(len(user_keys), batch_id, dtype=np.int64),
+                "user_key": user_keys,
+                "n_events": part.stats["n_events"],
+            }
+        )
+        _copy(self.conn, "batch_users", batch, UPSERT_COLUMNS["batch_users"], _BATCH_TYPES)
+        for name, frame in keyed_rows(part, user_keys, item_keys).items():
+            self.pending.setdefault(name, []).append(frame)
+            self.rows += len(frame)
+        if self.rows >= self.max_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold every pending row into the aggregates."""
+        tables = {}
+        for name, frames in self.pending.items():
+            table = f"_part_{name}"
+            names = UPSERT_COLUMNS[name]
+            types = {c: _TYPES.get(c, "int8") for c in names}
+            create_temp_like(
+                self.conn, table, ", ".join(f"{c} {_SQL_TYPES[types[c]]}" for c in names)
+            )
+            _copy(self.conn, table, _combine(name, frames), names)
+            tables[name] = table
+        for statement in partial_upserts(tables):
+            self.conn.execute(text(statement))
+        self.pending = {}
+        self.rows = 0

@@ -2,11 +2,11 @@
 
 Blocks are loaded under the ingest lock the caller holds
 (:func:`automation.store.locks.acquire_lock`), one or more per transaction (:func:`open_window`,
-then :func:`load_batch` per block). Per block, users and items are upserted, then the events go
+then :func:`load_batch` per block, then the window's ``flush``). Per block, users and items are upserted, then the events go
 in. On PostgreSQL a block whose ids all sort after the largest stored id cannot hold a stored
 duplicate (ids are time-prefixed): it is sent with one binary ``COPY`` straight into ``events``,
 and its contribution to the running aggregates, grouped in Python while the block was prepared
-(:mod:`automation.features.partials`), is copied and folded in. Any other block (and every block
+(:mod:`automation.features.partials`), is folded in once for all such blocks of the transaction. Any other block (and every block
 on SQLite) is staged in a temporary table, rows already stored are removed from the stage and
 counted as duplicates, the rest go into ``events`` with one ``INSERT ... SELECT``, and the
 aggregates are folded from the stage in SQL. The primary key enforces uniqueness either way.
@@ -26,7 +26,7 @@ import pyarrow as pa
 from sqlalchemy import Connection, text
 
 from automation.features.aggregates import fold_into_aggregates
-from automation.features.partials import Partials, block_partials, fold_partials
+from automation.features.partials import Partials, Window, block_partials
 from automation.store.bulk import create_temp_like, ids_to_hex, read_frame, write_frame
 from automation.store.pgcopy import Encoder, copy_binary, join_rows
 
@@ -265,7 +265,7 @@ def _largest_stored_id(conn: Connection) -> bytes | None:
     return bytes(value)
 
 
-def load_batch(conn: Connection, prep: Prepared, batch_id: int) -> Loaded:
+def load_batch(conn: Connection, prep: Prepared, batch_id: int, window: Window) -> Loaded:
     """Persist one prepared block; returns how many events were new and how many duplicates.
 
     Call after :func:`open_window`, under the ingest lock, so no other writer adds events
@@ -325,12 +325,12 @@ def load_batch(conn: Connection, prep: Prepared, batch_id: int) -> Loaded:
             f"concurrent writer: staged {len(acc) - dup_stored} events, inserted {inserted}"
         )
     if coupons:
-        redeem_coupons(conn, "_stage_coupons")  # before the fold: an order seen is known
+        window.flush()  # the orders of earlier blocks are known before redeeming
+        redeem_coupons(conn, "_stage_coupons")
     if direct:
         part = prep.partials
         assert part is not None
-        fold_partials(
-            conn,
+        window.add(
             part,
             _lookup(user_keys, pd.Series(part.user_ids)),
             _lookup(item_keys, pd.Series(part.item_ids)) if prep.items is not None else _NO_KEYS,
@@ -389,11 +389,15 @@ def _stage_coupons(conn: Connection, prep: Prepared, user_key: pd.Series) -> int
     return int(rows.sum())
 
 
-def open_window(conn: Connection) -> None:
-    """Start a window of blocks in this transaction (the caller holds the ingest lock)."""
+def open_window(conn: Connection) -> Window:
+    """Start a window of blocks in this transaction (the caller holds the ingest lock).
+
+    Load each block with :func:`load_batch`, then call the window's ``flush()`` before commit.
+    """
     if conn.dialect.name == "postgresql":
         # Room for the aggregates' hash tables (a block's users and categories) in memory.
         conn.execute(text("SET LOCAL work_mem = '256MB'"))
+    return Window(conn)
 
 
 def redeem_coupons(conn: Connection, source: str) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, text
 
 from automation.config import Settings
 from automation.errors import EmptyInputError
+from automation.features.partials import Window
 from automation.ingest.load import (
     Prepared,
     load_batch,
@@ -178,11 +179,12 @@ def commit_blocks(
     reports: list[IngestReport] = []
     with engine.begin() as conn:
         acquire_lock(conn, "ingest")
-        open_window(conn)
+        window = open_window(conn)
         for block in blocks:
-            reports.append(_commit_one(conn, block, origin))
+            reports.append(_commit_one(conn, block, origin, window))
             if progress is not None:
                 progress(reports[-1].read)
+        window.flush()
     return reports
 
 
@@ -191,7 +193,9 @@ def commit_block(engine: Engine, block: PreparedBlock, origin: BatchSource) -> I
     return commit_blocks(engine, [block], origin)[0]
 
 
-def _commit_one(conn: Connection, block: PreparedBlock, origin: BatchSource) -> IngestReport:
+def _commit_one(
+    conn: Connection, block: PreparedBlock, origin: BatchSource, window: Window
+) -> IngestReport:
     quarantine = block.quarantine
     n_q = len(quarantine["reason"])
     batch_id = int(
@@ -203,7 +207,7 @@ def _commit_one(conn: Connection, block: PreparedBlock, origin: BatchSource) -> 
             {"s": origin.source, "p": origin.preset, "m": json.dumps(origin.mapping)},
         ).scalar_one()
     )
-    loaded = load_batch(conn, block.prepared, batch_id)
+    loaded = load_batch(conn, block.prepared, batch_id, window)
     quarantine["batch_id"] = pd.Series(np.full(n_q, batch_id, dtype=np.int64))
     store_quarantine(conn, quarantine)
     report = IngestReport(
