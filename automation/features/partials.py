@@ -96,10 +96,16 @@ def block_partials(acc: pd.DataFrame, order: pd.Series) -> Partials:
     user, user_ids = _codes(acc["user_id"])
     item, item_ids = _codes(acc["item_id"])
     n = len(user_ids)
-    kind = acc["type"].to_numpy(dtype=object)
+    type_code, type_names = _codes(acc["type"])
+    is_type = {t: type_code == i for i, t in enumerate(type_names)}
+    none = np.zeros(len(acc), dtype=bool)
+
+    def of(name: str) -> np.ndarray:
+        return is_type.get(name, none)
+
     ts = acc["ts"].astype("datetime64[us, UTC]").dt.tz_localize(None).to_numpy().astype("int64")
     ts_f = ts.astype("float64")  # exact: microseconds stay below 2**53 until the year 2255
-    purchase, refund = kind == "purchase", kind == "refund"
+    purchase, refund = of("purchase"), of("refund")
     revenue = acc["revenue"].to_numpy(dtype="float64", na_value=np.nan)
     revenue = np.where(np.isnan(revenue), 0.0, revenue)
     quantity = acc["quantity"].to_numpy(dtype="float64", na_value=np.nan)
@@ -123,11 +129,11 @@ def block_partials(acc: pd.DataFrame, order: pd.Series) -> Partials:
         "first_purchase_ts": span["pfirst"].to_numpy(),
         "last_purchase_ts": span["plast"].to_numpy(),
         "n_events": count(every),
-        **{col: count(kind == k) for k, col in _COUNTED.items()},
+        **{col: count(of(k)) for k, col in _COUNTED.items()},
         "n_purchases": count(purchase),
         "n_refunds": count(refund),
-        "n_ratings": count(kind == "rating"),
-        "rating_sum": total(kind == "rating", np.where(np.isnan(rating), 0.0, rating)),
+        "n_ratings": count(of("rating")),
+        "rating_sum": total(of("rating"), np.where(np.isnan(rating), 0.0, rating)),
         "purchase_revenue": total(purchase, revenue),
         "refund_revenue": total(refund, revenue),
     }
@@ -163,8 +169,8 @@ def block_partials(acc: pd.DataFrame, order: pd.Series) -> Partials:
         user[has_cat],
         c_code[has_cat],
         {
-            "n_views": (kind == "view")[has_cat].astype(np.int64),
-            "n_carts": (kind == "cart")[has_cat].astype(np.int64),
+            "n_views": of("view")[has_cat].astype(np.int64),
+            "n_carts": of("cart")[has_cat].astype(np.int64),
             "n_purchases": purchase[has_cat].astype(np.int64),
         },
     ).rename(columns={"first": "user"})
