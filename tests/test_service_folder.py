@@ -48,11 +48,12 @@ def test_slow_folds_are_spaced_under_continuous_ingest(engine: Engine, tmp_path:
     api.segment(engine, k="3")
     state = ServiceState(engine, Settings(database_url=str(engine.url), api_token="t"))
     _pending(state, 0)
-    slow = 2 * FOLD_EVERY * FOLD_SHARE  # a fold this slow waits twice FOLD_EVERY
-    assert _busy(state, since_fold=FOLD_EVERY + 1, fold_seconds=slow)
-    assert not _busy(state, since_fold=FOLD_EVERY + 1, fold_seconds=0.0)
+    # A fold this slow waits halfway between FOLD_EVERY and FOLD_LATEST.
+    slow = (FOLD_EVERY + FOLD_LATEST) / 2 * FOLD_SHARE
+    assert _busy(state, since_fold=FOLD_EVERY + 0.1, fold_seconds=slow)
+    assert not _busy(state, since_fold=FOLD_EVERY + 0.1, fold_seconds=0.0)
     assert state.fold_seconds > 0  # measured
     _pending(state, 1)
-    assert not _busy(state, since_fold=2 * FOLD_EVERY + 1, fold_seconds=slow)
+    assert not _busy(state, since_fold=FOLD_LATEST + 0.1, fold_seconds=slow)
     _pending(state, 2)
-    assert not _busy(state, since_fold=FOLD_LATEST + 1, fold_seconds=1000.0)
+    assert not _busy(state, since_fold=FOLD_LATEST + 0.1, fold_seconds=1000.0)
