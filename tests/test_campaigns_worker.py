@@ -1,9 +1,10 @@
 """Delivery with a real ``shoal worker`` (Redis broker, PostgreSQL store) killed at random points.
 
-Ten rounds. Each round queues the deliveries of a new campaign occurrence (about a hundred
-e-mails), starts a worker, sends it ``shoal.dispatch``, and SIGKILLs the whole worker at a
-random moment while it sends (the SMTP server answers each message after a short delay, so a
-kill lands mid-stream); then restarts it and dispatches again until nothing is due. Checked
+Ten rounds (three in the default suite, all ten with ``-m slow``). Each round queues the
+deliveries of a new campaign occurrence (about a hundred e-mails), starts a worker, sends it
+``shoal.dispatch``, and SIGKILLs the whole worker at a random moment while it sends (the SMTP
+server answers each message after a short delay, so a kill lands mid-stream); then restarts it
+and dispatches again until nothing is due. Checked
 at the SMTP server: every due message arrived (0 lost) and, counted by the delivery key each
 message carries (its Message-ID), none arrived twice (0 duplicated for a receiver that honours
 the key). A message can reach the wire twice only when a kill falls between the server's
@@ -89,6 +90,19 @@ def pending(engine: Engine) -> int:
 def test_random_kills_lose_nothing_and_send_nothing_twice(
     store: Engine, pg_url: str, tmp_path: Path
 ) -> None:
+    """Three kill/restart rounds (the default suite)."""
+    kill_rounds(store, pg_url, tmp_path, 3)
+
+
+@pytest.mark.slow
+def test_ten_random_kills_lose_nothing_and_send_nothing_twice(
+    store: Engine, pg_url: str, tmp_path: Path
+) -> None:
+    """The issue's ten rounds: 60-180 s on two cores (``pytest -m slow``)."""
+    kill_rounds(store, pg_url, tmp_path, ROUNDS)
+
+
+def kill_rounds(store: Engine, pg_url: str, tmp_path: Path, rounds: int) -> None:
     rng = random.Random(7)
     box = SlowMailbox()
     with private_redis() as broker, smtp_server(box) as (smtp_url, _):
@@ -99,7 +113,7 @@ def test_random_kills_lose_nothing_and_send_nothing_twice(
         kills = 0
         due = 0
         try:
-            for i in range(ROUNDS):
+            for i in range(rounds):
                 queued = queue_round(store, tmp_path, i)
                 assert queued > 50
                 due += queued
@@ -126,7 +140,7 @@ def test_random_kills_lose_nothing_and_send_nothing_twice(
     lost = expected - set(received)
     raw_resends = sum(n - 1 for n in received.values())
     print(
-        f"rounds {ROUNDS}, kills {kills}, due {due}, received {sum(received.values())}, "
+        f"rounds {rounds}, kills {kills}, due {due}, received {sum(received.values())}, "
         f"distinct {len(received)}, lost {len(lost)}, raw re-sends {raw_resends}"
     )
     assert len(expected) == due
