@@ -2,16 +2,16 @@
 
 Blocks are loaded under the ingest lock the caller holds
 (:func:`automation.store.locks.acquire_lock`), one or more per transaction (:func:`open_window`,
-then :func:`load_batch` per block, then the window's ``flush``). Per block, users and items are upserted, then the events go
-in. On PostgreSQL a block whose ids all sort after the largest stored id cannot hold a stored
-duplicate (ids are time-prefixed): it is sent with one binary ``COPY`` straight into ``events``,
-and its contribution to the running aggregates, grouped in Python while the block was prepared
-(:mod:`automation.features.partials`), is folded in once for all such blocks of the transaction. Any other block (and every block
-on SQLite) is staged in a temporary table, rows already stored are removed from the stage and
-counted as duplicates, the rest go into ``events`` with one ``INSERT ... SELECT``, and the
-aggregates are folded from the stage in SQL. The primary key enforces uniqueness either way.
-Coupon codes, which ``events`` does not store, travel in a small side stage and are redeemed
-before the fold. No Python loop over rows touches the database.
+then :func:`load_batch` per block, then the window's ``flush``). Per block, users and items are
+upserted, then the events go in. On PostgreSQL a block whose ids all sort after the largest stored
+id cannot hold a stored duplicate (ids are time-prefixed): it is sent with one binary ``COPY``
+straight into ``events``, and its contribution to the running aggregates, grouped in Python while
+the block was prepared (:mod:`automation.features.partials`), is folded in once for all such blocks
+of the transaction. Any other block (and every block on SQLite) is staged in a temporary table, rows
+already stored are removed from the stage and counted as duplicates, the rest go into ``events``
+with one ``INSERT ... SELECT``, and the aggregates are folded from the stage in SQL. The primary key
+enforces uniqueness either way. Coupon codes, which ``events`` does not store, travel in a small
+side stage and are redeemed before the fold. No Python loop over rows touches the database.
 """
 
 from __future__ import annotations
@@ -268,11 +268,11 @@ def _largest_stored_id(conn: Connection) -> bytes | None:
 def load_batch(conn: Connection, prep: Prepared, batch_id: int, window: Window) -> Loaded:
     """Persist one prepared block; returns how many events were new and how many duplicates.
 
-    Call after :func:`open_window`, under the ingest lock, so no other writer adds events
-    meanwhile. When every id of the block sorts after the largest
-    stored id (the usual case: ids are time-prefixed and new events are newer), no stored event
-    can be a duplicate: on PostgreSQL the block is copied straight into ``events``, elsewhere the
-    check is skipped. Otherwise stored duplicates are removed from the stage first.
+    Call after :func:`open_window`, under the ingest lock, so no other writer adds events meanwhile.
+    When every id of the block sorts after the largest stored id (the usual case: ids are
+    time-prefixed and new events are newer), no stored event can be a duplicate: on PostgreSQL the
+    block is copied straight into ``events``, elsewhere the check is skipped. Otherwise stored
+    duplicates are removed from the stage first.
     """
     acc = prep.acc
     if len(acc) == 0:
@@ -333,15 +333,12 @@ def load_batch(conn: Connection, prep: Prepared, batch_id: int, window: Window) 
         window.add(
             part,
             _lookup(user_keys, pd.Series(part.user_ids)),
-            _lookup(item_keys, pd.Series(part.item_ids)) if prep.items is not None else _NO_KEYS,
+            _lookup(item_keys, pd.Series(part.item_ids)),
             batch_id,
         )
     else:
         fold_into_aggregates(conn, "_stage_events")
     return Loaded(inserted, prep.dup_in_batch + dup_stored)
-
-
-_NO_KEYS = np.empty(0, dtype=np.int64)
 
 
 def _drop_stored(conn: Connection, table: str) -> int:
