@@ -23,7 +23,7 @@ from automation.features.aggregates import (
     ITEM_COLUMNS,
     STATS_COLUMNS,
     UPSERT_COLUMNS,
-    partial_upserts,
+    grouped_upserts,
 )
 from automation.store.bulk import create_temp_like
 from automation.store.pgcopy import Encoder, copy_binary, stream
@@ -91,10 +91,23 @@ def _by_pair(first: np.ndarray, second: np.ndarray, columns: dict[str, np.ndarra
     return out.reset_index(drop=True)
 
 
-def block_partials(acc: pd.DataFrame, order: pd.Series) -> Partials:
-    """Group a block's accepted rows (``order``: each line's order id) into aggregate rows."""
-    user, user_ids = _codes(acc["user_id"])
-    item, item_ids = _codes(acc["item_id"])
+Coded = tuple[np.ndarray, np.ndarray]  # each row's code (-1: none), the value of each code
+
+
+def block_partials(
+    acc: pd.DataFrame,
+    order: pd.Series,
+    user_codes: Coded | None = None,
+    item_codes: Coded | None = None,
+) -> Partials:
+    """Group a block's accepted rows (``order``: each line's order id) into aggregate rows.
+
+    ``user_codes``/``item_codes``: the rows' user and item ids already factorised (as ``pd.factorize``
+    gives them), so that the partials' codes are those of the caller.
+    """
+    user, user_ids = user_codes if user_codes is not None else _codes(acc["user_id"])
+    item, item_ids = item_codes if item_codes is not None else _codes(acc["item_id"])
+    user, item = user.astype(np.int64, copy=False), item.astype(np.int64, copy=False)
     n = len(user_ids)
     type_code, type_names = _codes(acc["type"])
     is_type = {t: type_code == i for i, t in enumerate(type_names)}
@@ -217,54 +230,43 @@ def keyed_rows(
 
 
 def _copy(
-    conn: Connection,
-    table: str,
-    frame: pd.DataFrame,
-    names: tuple[str, ...],
-    types: dict[str, str] | None = None,
+    conn: Connection, table: str, frame: pd.DataFrame, names: tuple[str, ...], types: dict[str, str]
 ) -> None:
-    types = types or {c: _TYPES.get(c, "int8") for c in names}
     if len(frame):
         copy_binary(conn, table, names, stream(Encoder({c: frame[c] for c in names}, types)))
-
-
-def _combine(name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Several blocks' rows of one aggregate as one row per key (the upsert's arithmetic)."""
-    if len(frames) == 1:
-        return frames[0]
-    keys = [c for c in UPSERT_COLUMNS[name] if c in _KEY_COLUMNS]
-    how = {
-        c: ("min" if c in _EARLIEST else "max" if c.endswith("_ts") else "sum")
-        for c in UPSERT_COLUMNS[name]
-        if c not in keys
-    }
-    return pd.concat(frames, ignore_index=True).groupby(keys, sort=False).agg(how).reset_index()
 
 
 # ``batch_users`` is copied into directly: its own column types (``n_events`` is an integer).
 _BATCH_TYPES = {"batch_id": "int4", "user_key": "int8", "n_events": "int4"}
 _KEY_COLUMNS = ("user_key", "order_id", "item_key", "category")
-_EARLIEST = ("first_ts", "first_purchase_ts", "ts")
+
+
+def _stage_types(name: str) -> dict[str, str]:
+    """Column types of an aggregate's staged rows: counts as ``int4`` (summed into ``int8``)."""
+    return {c: _TYPES.get(c, "int8" if c in _KEY_COLUMNS else "int4") for c in UPSERT_COLUMNS[name]}
 
 
 class Window:
     """Aggregate rows of the blocks of one transaction, folded together.
 
-    A user seen in every block of a window is upserted once, not once per block. The rows are
-    folded when :meth:`flush` is called (at the end of the window, before coupons are redeemed,
-    and whenever ``max_rows`` rows are pending); ``batch_users`` rows, new for every batch, are
-    copied in at once.
+    Each block's rows are copied into a temporary table per aggregate as they come; :meth:`flush`
+    (at the end of the window, and before coupons are redeemed) groups them by key in the
+    database and folds them in with one statement per aggregate. A user seen in every block of a
+    window is folded once, not once per block. Users created in this window and not folded yet
+    (keys above ``floor``, the largest ``users.id`` when the window opened or last flushed) have
+    no aggregate rows: theirs are inserted without conflict handling, the rest upserted.
+    ``batch_users`` rows, new for every batch, are copied in at once.
     """
 
-    def __init__(self, conn: Connection, max_rows: int = 4_000_000) -> None:
+    def __init__(self, conn: Connection, floor: int) -> None:
         self.conn = conn
-        self.max_rows = max_rows
-        self.pending: dict[str, list[pd.DataFrame]] = {}
-        self.rows = 0
+        self.floor = floor
+        self.staged: dict[str, str] = {}  # aggregate -> temporary table holding its rows
 
     def add(
         self, part: Partials, user_keys: np.ndarray, item_keys: np.ndarray, batch_id: int
     ) -> None:
+        """Stage one block's partials; ``user_keys``/``item_keys``: the key of each code."""
         batch = pd.DataFrame(
             {
                 "batch_id": np.full(len(user_keys), batch_id, dtype=np.int64),
@@ -274,24 +276,27 @@ class Window:
         )
         _copy(self.conn, "batch_users", batch, UPSERT_COLUMNS["batch_users"], _BATCH_TYPES)
         for name, frame in keyed_rows(part, user_keys, item_keys).items():
-            self.pending.setdefault(name, []).append(frame)
-            self.rows += len(frame)
-        if self.rows >= self.max_rows:
-            self.flush()
+            table = self.staged.get(name)
+            types = _stage_types(name)
+            if table is None:
+                table = f"_part_{name}"
+                create_temp_like(
+                    self.conn,
+                    table,
+                    ", ".join(f"{c} {_SQL_TYPES[types[c]]}" for c in UPSERT_COLUMNS[name]),
+                )
+                self.staged[name] = table
+            _copy(self.conn, table, frame, UPSERT_COLUMNS[name], types)
 
     def flush(self) -> None:
-        """Fold every pending row into the aggregates."""
-        tables = {}
-        for name, frames in self.pending.items():
-            table = f"_part_{name}"
-            names = UPSERT_COLUMNS[name]
-            types = {c: _TYPES.get(c, "int8") for c in names}
-            create_temp_like(
-                self.conn, table, ", ".join(f"{c} {_SQL_TYPES[types[c]]}" for c in names)
-            )
-            _copy(self.conn, table, _combine(name, frames), names)
-            tables[name] = table
-        for statement in partial_upserts(tables):
-            self.conn.execute(text(statement))
-        self.pending = {}
-        self.rows = 0
+        """Fold every staged row into the aggregates."""
+        if self.staged:
+            for statement in grouped_upserts(self.staged):
+                self.conn.execute(text(statement), {"floor": self.floor})
+            self.staged = {}  # the tables are emptied when next used
+        self.floor = largest_user_key(self.conn)
+
+
+def largest_user_key(conn: Connection) -> int:
+    """The largest ``users.id`` (0 when there is none)."""
+    return int(conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM users")).scalar_one())

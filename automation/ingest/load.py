@@ -26,8 +26,9 @@ import pyarrow as pa
 from sqlalchemy import Connection, text
 
 from automation.features.aggregates import fold_into_aggregates
-from automation.features.partials import Partials, Window, block_partials
-from automation.store.bulk import create_temp_like, ids_to_hex, read_frame, write_frame
+from automation.features.partials import Partials, Window, block_partials, largest_user_key
+from automation.ingest.keys import KeyCache, attribute_marks
+from automation.store.bulk import create_temp_like, ids_to_hex, write_frame
 from automation.store.pgcopy import Encoder, copy_binary, join_rows
 
 # Fixed 16-byte keys for pandas' SipHash row hashing: derived ids are stable across runs.
@@ -91,11 +92,6 @@ STAGE_TYPES = {
     "order_id": "text",
     "batch_id": "int4",
 }
-_KEYS_SQL = {
-    "postgresql": "external_id varchar(200), name text, category varchar(200), price float8, "
-    "is_product boolean",
-    "sqlite": "external_id TEXT, name TEXT, category TEXT, price REAL, is_product INTEGER",
-}
 
 
 @dataclass
@@ -124,7 +120,7 @@ def event_ids(acc: pd.DataFrame) -> np.ndarray:
     h1 = np.empty(n, dtype=np.uint64)
     if given.any():
         ids = acc.loc[given, "event_id"].astype("str").to_numpy(dtype=object)
-        h1[given] = pd.util.hash_array(ids, hash_key=_K1)
+        h1[given] = pd.util.hash_array(ids, hash_key=_K1, categorize=False)
     if (~given).any():
         content = acc.loc[~given]
         frame = pd.DataFrame(
@@ -139,36 +135,13 @@ def event_ids(acc: pd.DataFrame) -> np.ndarray:
                 for c in _CONTENT
             }
         )
-        h1[~given] = pd.util.hash_pandas_object(frame, index=False, hash_key=_K1).to_numpy()
+        h1[~given] = pd.util.hash_pandas_object(
+            frame, index=False, hash_key=_K1, categorize=False
+        ).to_numpy()
     h2 = pd.util.hash_array(h1, hash_key=_K2)
     out[:, 6:14] = h1.astype(">u8").view(np.uint8).reshape(n, 8)
     out[:, 14:] = h2.astype(">u8").view(np.uint8).reshape(n, 8)[:, :2]
     return out
-
-
-def upsert_keys(conn: Connection, table: str, attrs: pd.DataFrame, update_sql: str) -> pd.Series:
-    """Insert unseen ``external_id``s into ``table``; return external_id -> internal id."""
-    cols = list(attrs.columns)
-    create_temp_like(conn, "_stage_keys", _KEYS_SQL[conn.dialect.name])
-    write_frame(conn, "_stage_keys", {c: attrs[c] for c in cols})
-    conn.execute(
-        text(
-            f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _stage_keys "
-            f"WHERE TRUE ORDER BY external_id ON CONFLICT (external_id) DO {update_sql}"
-        )
-    )
-    keys = read_frame(
-        conn,
-        f"SELECT s.external_id, t.id FROM _stage_keys s JOIN {table} t "
-        "ON t.external_id = s.external_id",
-    )
-    return pd.Series(keys["id"].to_numpy(dtype="int64"), index=keys["external_id"].astype("str"))
-
-
-def _lookup(keys: pd.Series, values: pd.Series) -> np.ndarray:
-    pos = pd.Index(keys.index).get_indexer(values.astype("str"))
-    found = keys.to_numpy()[pos]
-    return np.where(pos >= 0, found, -1)
 
 
 @dataclass
@@ -183,9 +156,12 @@ class Prepared:
     ids: np.ndarray  # (n, 16) uint8 event ids
     min_id: bytes  # the smallest id of the block (b"" when empty)
     dup_in_batch: int
-    users: pd.DataFrame
-    items: pd.DataFrame | None
+    users: pd.DataFrame  # the block's distinct users (external_id), in order of appearance
+    user_code: np.ndarray  # each row's position in ``users``
+    items: pd.DataFrame | None  # the block's distinct items and their attributes
+    item_code: np.ndarray  # each row's position in ``items`` (-1: no item)
     order: pd.Series
+    item_marks: np.ndarray | None = None  # fingerprints of the items' attributes
     head: list[pa.Array] | None = None  # binary COPY rows without their keys (PostgreSQL)
     partials: Partials | None = None  # the block's aggregate rows (PostgreSQL)
 
@@ -211,17 +187,18 @@ def prepare_batch(acc: pd.DataFrame, non_product: object | None, binary: bool = 
     dup_in_batch = pair.duplicated().to_numpy()
     acc = acc[~dup_in_batch].reset_index(drop=True)
     ids = ids[~dup_in_batch]
-    users = pd.DataFrame({"external_id": acc["user_id"].drop_duplicates()})
+    user_code, user_uniques = pd.factorize(acc["user_id"])
+    user_ids = np.asarray(user_uniques, dtype=object)
+    users = pd.DataFrame({"external_id": user_ids})
+    item_code, item_uniques = pd.factorize(acc["item_id"], use_na_sentinel=True)
+    item_ids = np.asarray(item_uniques, dtype=object)
     items = None
-    has_item = acc["item_id"].notna().to_numpy()
+    has_item = item_code >= 0
     if has_item.any():
-        items = (
-            acc.loc[has_item, ["item_id", "item_name", "category", "price"]]
-            .groupby("item_id", sort=False)
-            .last()
-            .reset_index()
-            .rename(columns={"item_id": "external_id", "item_name": "name"})
-        )
+        attrs = acc.loc[has_item, ["item_name", "category", "price"]]
+        items = attrs.groupby(item_code[has_item], sort=True).last().reset_index(drop=True)
+        items = items.rename(columns={"item_name": "name"})
+        items.insert(0, "external_id", item_ids)
         pattern = non_product
         items["is_product"] = (
             ~items["external_id"].str.match(pattern).fillna(False).astype(bool)  # type: ignore[arg-type]
@@ -235,11 +212,24 @@ def prepare_batch(acc: pd.DataFrame, non_product: object | None, binary: bool = 
     if no_order.any():
         order = order.astype("object")
         order[no_order] = "@" + acc.loc[no_order, "ts"].astype("str")
-    prep = Prepared(acc, ids, _min_id(ids), int(dup_in_batch.sum()), users, items, order)
+    prep = Prepared(
+        acc,
+        ids,
+        _min_id(ids),
+        int(dup_in_batch.sum()),
+        users,
+        user_code.astype(np.int64),
+        items,
+        item_code.astype(np.int64),
+        order,
+        item_marks=None if items is None else attribute_marks(items),
+    )
     if binary and len(acc):
         head = {c: _stage_value(prep, c) for c in HEAD_COLUMNS}
         prep.head = Encoder(head, STAGE_TYPES, fields=len(EVENT_COLUMNS)).chunks()
-        prep.partials = block_partials(acc, order)
+        prep.partials = block_partials(
+            acc, order, (prep.user_code, user_ids), (prep.item_code, item_ids)
+        )
     return prep
 
 
@@ -265,7 +255,13 @@ def _largest_stored_id(conn: Connection) -> bytes | None:
     return bytes(value)
 
 
-def load_batch(conn: Connection, prep: Prepared, batch_id: int, window: Window) -> Loaded:
+def load_batch(
+    conn: Connection,
+    prep: Prepared,
+    batch_id: int,
+    window: Window,
+    keys: KeyCache | None = None,
+) -> Loaded:
     """Persist one prepared block; returns how many events were new and how many duplicates.
 
     Call after :func:`open_window`, under the ingest lock, so no other writer adds events meanwhile.
@@ -278,22 +274,15 @@ def load_batch(conn: Connection, prep: Prepared, batch_id: int, window: Window) 
     if len(acc) == 0:
         return Loaded(0, prep.dup_in_batch)
     pg = conn.dialect.name == "postgresql"
-    user_keys = upsert_keys(conn, "users", prep.users, "NOTHING")
-    item_key = np.full(len(acc), -1, dtype=np.int64)
-    has_item = acc["item_id"].notna().to_numpy()
-    item_keys = pd.Series(dtype="int64")
+    keys = keys or KeyCache()
+    user_keys = keys.users.keys(conn, prep.users)
+    item_keys = np.full(1, -1, dtype=np.int64)  # code -1 (no item) reads the last entry
     if prep.items is not None:
-        item_keys = upsert_keys(
-            conn,
-            "items",
-            prep.items,
-            "UPDATE SET name = COALESCE(excluded.name, items.name), "
-            "category = COALESCE(excluded.category, items.category), "
-            "price = COALESCE(excluded.price, items.price)",
-        )
-        item_key[has_item] = _lookup(item_keys, acc.loc[has_item, "item_id"])
+        item_keys = np.append(keys.items.keys(conn, prep.items, prep.item_marks), -1)
+    has_item = prep.item_code >= 0
+    item_key = item_keys[prep.item_code]
     tail = {
-        "user_key": pd.Series(_lookup(user_keys, acc["user_id"])),
+        "user_key": pd.Series(user_keys[prep.user_code]),
         "item_key": pd.Series(item_key).astype("Int64").where(has_item),
         "batch_id": pd.Series(np.full(len(acc), batch_id, dtype=np.int64)),
     }
@@ -330,13 +319,10 @@ def load_batch(conn: Connection, prep: Prepared, batch_id: int, window: Window) 
     if direct:
         part = prep.partials
         assert part is not None
-        window.add(
-            part,
-            _lookup(user_keys, pd.Series(part.user_ids)),
-            _lookup(item_keys, pd.Series(part.item_ids)),
-            batch_id,
-        )
+        window.add(part, user_keys, item_keys[:-1], batch_id)
     else:
+        # Staged rows first: this block's users (keys already upserted) then count as folded.
+        window.flush()
         fold_into_aggregates(conn, "_stage_events")
     return Loaded(inserted, prep.dup_in_batch + dup_stored)
 
@@ -394,7 +380,7 @@ def open_window(conn: Connection) -> Window:
     if conn.dialect.name == "postgresql":
         # Room for the aggregates' hash tables (a block's users and categories) in memory.
         conn.execute(text("SET LOCAL work_mem = '256MB'"))
-    return Window(conn)
+    return Window(conn, largest_user_key(conn))
 
 
 def redeem_coupons(conn: Connection, source: str) -> None:
@@ -438,7 +424,11 @@ def store_quarantine(conn: Connection, rows: dict[str, pd.Series]) -> None:
         + rows["raw"].astype("str")
     ).to_numpy(dtype=object)
     h = np.stack(
-        [pd.util.hash_array(key, hash_key=_K1), pd.util.hash_array(key, hash_key=_K2)], axis=1
+        [
+            pd.util.hash_array(key, hash_key=_K1, categorize=False),
+            pd.util.hash_array(key, hash_key=_K2, categorize=False),
+        ],
+        axis=1,
     )
     fingerprint = np.char.decode(
         np.frombuffer(ids_to_hex(h.astype(">u8").view(np.uint8).reshape(-1, 16)), dtype="S32"),

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, text
 from automation.config import Settings
 from automation.errors import EmptyInputError
 from automation.features.partials import Window
+from automation.ingest.keys import KeyCache
 from automation.ingest.load import (
     Prepared,
     load_batch,
@@ -168,33 +169,44 @@ def commit_blocks(
     blocks: Iterable[PreparedBlock],
     origin: BatchSource,
     progress: Progress | None = None,
+    keys: KeyCache | None = None,
 ) -> list[IngestReport]:
     """Load prepared blocks and their quarantine rows in one transaction (a window).
 
     Each block's ``ingest_batches`` row is created and finished inside that transaction, under
     the ingest lock: a crash leaves no half-recorded batch, and batch ids are committed in
     order, so an update's watermark can never pass a batch that commits later. ``blocks`` may be
-    a generator that prepares the next block while this one is in the database.
+    a generator that prepares the next block while this one is in the database. ``keys``: the
+    user and item keys known from earlier transactions (:class:`KeyCache`), updated here.
     """
     reports: list[IngestReport] = []
-    with engine.begin() as conn:
-        acquire_lock(conn, "ingest")
-        window = open_window(conn)
-        for block in blocks:
-            reports.append(_commit_one(conn, block, origin, window))
-            if progress is not None:
-                progress(reports[-1].read)
-        window.flush()
+    keys = keys or KeyCache()
+    with keys.lock:
+        try:
+            with engine.begin() as conn:
+                acquire_lock(conn, "ingest")
+                keys.check(conn)
+                window = open_window(conn)
+                for block in blocks:
+                    reports.append(_commit_one(conn, block, origin, window, keys))
+                    if progress is not None:
+                        progress(reports[-1].read)
+                window.flush()
+        except BaseException:
+            keys.rollback()
+            raise
     return reports
 
 
-def commit_block(engine: Engine, block: PreparedBlock, origin: BatchSource) -> IngestReport:
+def commit_block(
+    engine: Engine, block: PreparedBlock, origin: BatchSource, keys: KeyCache | None = None
+) -> IngestReport:
     """Load one prepared block and its quarantine rows in one transaction."""
-    return commit_blocks(engine, [block], origin)[0]
+    return commit_blocks(engine, [block], origin, keys=keys)[0]
 
 
 def _commit_one(
-    conn: Connection, block: PreparedBlock, origin: BatchSource, window: Window
+    conn: Connection, block: PreparedBlock, origin: BatchSource, window: Window, keys: KeyCache
 ) -> IngestReport:
     quarantine = block.quarantine
     n_q = len(quarantine["reason"])
@@ -207,7 +219,7 @@ def _commit_one(
             {"s": origin.source, "p": origin.preset, "m": json.dumps(origin.mapping)},
         ).scalar_one()
     )
-    loaded = load_batch(conn, block.prepared, batch_id, window)
+    loaded = load_batch(conn, block.prepared, batch_id, window, keys)
     quarantine["batch_id"] = pd.Series(np.full(n_q, batch_id, dtype=np.int64))
     store_quarantine(conn, quarantine)
     report = IngestReport(
@@ -296,6 +308,7 @@ def ingest_files(
     set_pairs = parse_pairs(sets, "--set")
     total = IngestReport()
     binary = engine.dialect.name == "postgresql"
+    keys = KeyCache()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-ingest") as pool:
         for path in paths:
             fmt = detect_format(Path(path))
@@ -316,7 +329,7 @@ def ingest_files(
             blocks = _Pipeline(pool, prepare_next, first)
             while not blocks.done:
                 window = blocks.window(settings.ingest_blocks_per_commit)
-                for report in commit_blocks(engine, window, origin, progress):
+                for report in commit_blocks(engine, window, origin, progress, keys):
                     total.add(report)
             total.files.append(str(path))
     total.seconds = time.perf_counter() - started

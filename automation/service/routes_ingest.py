@@ -76,7 +76,7 @@ def ingest_messages(state: ServiceState, messages: list[dict[str, Any]]) -> Inge
     origin = BatchSource(source, None, {}, "jsonl")
     binary = state.engine.dialect.name == "postgresql"
     block = prepare_block(raw, plan, origin, state.settings, binary)
-    report = commit_block(state.engine, block, origin)
+    report = commit_block(state.engine, block, origin, state.keys)
     q = block.quarantine
     errors = sorted(
         (

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
 
 from automation.config import Settings
+from automation.ingest.keys import KeyCache
 
 
 class Metrics:
@@ -62,6 +63,7 @@ class ServiceState:
     fold_seconds: float = 0.0  # how long the last fold took
     last_campaigns: float = 0.0  # monotonic time campaigns last ran in this process
     force_refit: threading.Event = field(default_factory=threading.Event)
+    keys: KeyCache = field(default_factory=KeyCache)  # user/item keys known to this process
 
     def __post_init__(self) -> None:
         self.token = self.settings.api_token or secrets.token_urlsafe(24)
