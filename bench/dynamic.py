@@ -364,7 +364,7 @@ def print_scale(s: dict[str, Any]) -> None:
 def main() -> None:
     p = common.base_parser(__doc__.splitlines()[0])
     for flag, default in (("--users", 20_000), ("--days", 60), ("--seed", 0), ("--shift", 35),
-                          ("--warmup", 28), ("--events", 50), ("--scale-users", 1_000_000)):  # fmt: skip
+                          ("--warmup", 28), ("--events", 120), ("--scale-users", 1_000_000)):  # fmt: skip
         p.add_argument(flag, type=int, default=default)
     p.add_argument("--k", default="5", help="K of the warm-up refit (auto or a number)")
     p.add_argument("--scenario", action="append", choices=SCENARIOS)

@@ -62,7 +62,7 @@ def _full_rule(prev: Snapshot, at: pd.Timestamp, fresh: pd.DataFrame) -> pd.Data
     users' features recomputed, stored as float32."""
     out = prev.raw.copy()
     dt = (at - prev.at).total_seconds() / 86_400.0
-    for col in ("recency_days", "tenure_days"):
+    for col in ("recency_days", "tenure_days", "inactive_days"):
         out[col] += dt
     one = out["frequency"] < 2
     out.loc[one, "interpurchase_days"] += dt

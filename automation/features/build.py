@@ -7,6 +7,7 @@ the very statements the ingest path uses.
 Features (raw, before scaling; missing values handled as stated):
 
 ``recency_days``        days since the last purchase; never purchased: days since first seen
+``inactive_days``       days since the last event of any kind (a user gone quiet)
 ``frequency``           orders (distinct order ids among purchases)
 ``monetary``            purchase revenue net of refunds (may be negative)
 ``avg_order_value``     gross purchase revenue per order; 0 without orders
@@ -197,6 +198,7 @@ def _compose(
     both = recent + prior
     f = pd.DataFrame(index=s.index)
     f["recency_days"] = recency
+    f["inactive_days"] = _days(at - _utc(s["last_ts"])).clip(lower=0).fillna(tenure)
     f["frequency"] = n_orders
     f["monetary"] = gross - refunds
     f["avg_order_value"] = (o["order_revenue"].fillna(0) / n_orders.where(n_orders > 0)).fillna(0.0)

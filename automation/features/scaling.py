@@ -29,6 +29,7 @@ from automation.errors import ValidationError
 
 LOG_COLUMNS = {
     "recency_days",
+    "inactive_days",
     "frequency",
     "avg_order_value",
     "tenure_days",

@@ -28,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,12 @@ class SegmentStats:
     # and awaiting confirmation by the next update (signed 1-based feature index, 0: none)
     profiles: list[list[float]] = field(default_factory=list)
     pending: int = 0
+    # what the active members did in each update (pooled, :mod:`automation.segments.behaviour`),
+    # the share of today's buyers with a high order value, and for a segment split off on order
+    # value, the rule that keeps collecting such buyers from its parent ({"parent", "cut"})
+    behaviour: list[list[float]] = field(default_factory=list)
+    high_share: list[float] = field(default_factory=list)
+    follow: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +80,9 @@ class SegmentStats:
             "status": self.status,
             "profiles": [[round(float(v), 6) for v in p] for p in self.profiles[-15:]],
             "pending": int(self.pending),
+            "behaviour": [[round(float(v), 6) for v in b] for b in self.behaviour[-15:]],
+            "high_share": [round(float(v), 6) for v in self.high_share[-15:]],
+            "follow": dict(self.follow),
         }
 
     @classmethod
@@ -90,7 +100,15 @@ class SegmentStats:
             status=str(d.get("status", "active")),
             profiles=[[float(v) for v in p] for p in d.get("profiles", [])],
             pending=int(d.get("pending", 0)),
+            behaviour=[[_num(v) for v in b] for b in d.get("behaviour", [])],
+            high_share=[_num(v) for v in d.get("high_share", [])],
+            follow=dict(d.get("follow") or {}),
         )
+
+
+def _num(v: Any) -> float:
+    """A stored number; ``null`` (a NaN written as JSON) reads back as NaN."""
+    return math.nan if v is None else float(v)
 
 
 def member_distances(X: np.ndarray, center: np.ndarray) -> np.ndarray:

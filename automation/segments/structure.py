@@ -43,9 +43,18 @@ from river import drift as river_drift
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
+from automation.segments.behaviour import (
+    PROFILE,
+    BehaviourPolicy,
+    high_value_share,
+    merged_pairs,
+    profile_of,
+    value_changes,
+    value_split,
+)
 from automation.segments.dynamic import DynamicSegmenter, SegmentStats, member_distances
 
-TIME_FEATURES = ("recency_days", "tenure_days", "interpurchase_days")
+TIME_FEATURES = ("recency_days", "tenure_days", "interpurchase_days", "inactive_days")
 
 
 @dataclass
@@ -73,6 +82,7 @@ class StructurePolicy:
     window: int = 10
     refit_shift: float = 1.0
     seed: int = 0
+    behaviour: BehaviourPolicy = field(default_factory=BehaviourPolicy)
 
 
 def _top_moves(delta: np.ndarray, names: list[str], k: int = 3) -> list[dict[str, Any]]:
@@ -132,8 +142,13 @@ def apply_structure(
     names: list[str],
     new_id: Callable[[], str],
     policy: StructurePolicy | None = None,
+    counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]], bool]:
-    """Detect and apply structure changes; returns new labels, transitions, refit advice."""
+    """Detect and apply structure changes; returns new labels, transitions, refit advice.
+
+    ``counts``: what each active row did in this update (:func:`behaviour.increments`, rows in
+    the order of ``active_mask``'s true entries); without it, merges and splits are seen in the
+    features only."""
     p = policy or StructurePolicy()
     n = len(X)
     fresh = getattr(seg, "newcomers_", None)  # rows with no segment before this step
@@ -176,6 +191,8 @@ def apply_structure(
                         "spreads": [round(a.spread, 3), round(b.spread, 3)],
                         "members_moved": int(mask.sum())})  # fmt: skip
 
+    if counts is not None and len(counts) == int(st.active.sum()):
+        _in_behaviour(st, counts)
     _born_far(st)
     _behaviour(st)
 
@@ -216,6 +233,48 @@ def apply_structure(
         refit = refit or shift > p.refit_shift or size_change > 2 * p.drift_size
         _restart(s, size)
     return labels, st.out, refit
+
+
+def _in_behaviour(st: _Step, counts: np.ndarray) -> None:
+    """Merges and splits seen in what the active members did (:mod:`.behaviour`)."""
+    bp, rows = st.p.behaviour, np.flatnonzero(st.active)
+    lab, values = st.labels[rows], value_changes(counts)
+    high = values > bp.split_value_gap  # bought well above their usual order value
+    for s in st.seg.active:  # segments split off on order value keep collecting such buyers
+        if s.follow and (pick := (lab == s.follow["parent"]) & high).any():
+            st.labels[rows[pick]] = lab[pick] = s.segment_id
+    for s in st.seg.active:
+        mask = lab == s.segment_id
+        v = values[mask & ~np.isnan(values)]
+        share = high_value_share(v, bp)
+        s.high_share = [*s.high_share[-bp.window - 2 :], math.nan if share is None else share]
+        enough = int(mask.sum()) >= bp.min_active
+        prof = profile_of(counts[mask]) if enough else [math.nan] * len(PROFILE)
+        s.behaviour = [*s.behaviour[-bp.window - 2 :], prof]
+        evidence = value_split(s.high_share, len(v), bp) if share is not None else None
+        members = rows[mask & high]
+        if evidence is None or len(members) < st.min_size or mask.sum() < 2 * st.min_size:
+            continue
+        child = st.child(members)
+        lab[mask & high] = child
+        st.seg.segments_[-1].follow = {"parent": s.segment_id, "cut": bp.split_value_gap}
+        evidence.update(value_rise=bp.split_value_gap, size=int(len(members)))
+        st.add("split", [s.segment_id, child], evidence)
+        s.high_share = []
+        _restart(s, int((st.labels == s.segment_id).sum()))
+    segs = {s.segment_id: s for s in st.seg.active if s.segment_id not in st.touched()}
+    for a, b, evidence in merged_pairs({k: v.behaviour for k, v in segs.items()}, bp):
+        if segs[a].status != "active" or segs[b].status != "active":
+            continue
+        c = pd.Series(st.labels).value_counts()
+        keep, gone = (segs[a], segs[b]) if c.get(a, 0) >= c.get(b, 0) else (segs[b], segs[a])
+        mask = st.labels == gone.segment_id
+        st.labels[mask] = keep.segment_id
+        gone.status = "merged"
+        evidence["members_moved"] = int(mask.sum())
+        st.add("merged", [keep.segment_id, gone.segment_id], evidence)
+        keep.behaviour, keep.high_share = [], []
+        _restart(keep, int((st.labels == keep.segment_id).sum()))
 
 
 def _born_far(st: _Step) -> None:

@@ -30,6 +30,7 @@ from automation.config import Settings
 from automation.errors import EmptyStoreError
 from automation.features.build import build_features, latest_event_time
 from automation.features.scaling import FeatureScaler
+from automation.segments.behaviour import increments
 from automation.segments.dynamic import NONE, DynamicSegmenter
 from automation.segments.explain import centers_for, explain_moves, unique_name
 from automation.segments.identity import next_id_number
@@ -219,8 +220,10 @@ def _update(
         return f"seg-{counter[0] - 1}"
 
     active = np.isin(rows.keys, new_rows.keys)
+    old_rows = snap.frame_of(new_rows.keys)  # what each touched user did since the last update
+    counts = increments(old_rows, fresh.reindex(index=old_rows.index, columns=snap.columns))
     labels, transitions, refit = apply_structure(
-        seg, X, labels, active, scaler.features_, new_id, policy
+        seg, X, labels, active, scaler.features_, new_id, policy, counts
     )
     sample = np.random.default_rng(0).choice(len(X), min(len(X), 5000), replace=False)
     codes = pd.factorize(labels[sample])[0]

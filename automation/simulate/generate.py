@@ -42,7 +42,7 @@ __all__ = ["EVENTS_PER_USER_90D", "Simulation", "simulate"]
 EVENTS_PER_USER_90D = 10.0
 """Default calibration: mean events per user per 90 days."""
 
-ACTIVITY_SIGMA = 1.0
+ACTIVITY_SIGMA = 0.5
 """Log-normal sigma of the per-user activity multiplier (mean 1)."""
 
 WEEKDAY_WEIGHTS: tuple[float, ...] = (0.95, 0.95, 0.95, 1.0, 1.05, 1.2, 1.25)

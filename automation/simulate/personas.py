@@ -134,36 +134,36 @@ def base_personas() -> tuple[Persona, ...]:
     """The six personas present from day 0, in a fixed order (their index is their code)."""
     return (
         Persona(
-            "loyal_high_spender", 0.10, 0.20, 5.0, 0.35, 0.10, 0.85, 0.3, 0.02, 0.30, 0.3, 1.5,
+            "loyal_high_spender", 0.10, 0.30, 5.0, 0.35, 0.10, 0.85, 0.3, 0.02, 0.30, 0.3, 1.5,
             (("electronics", 5.0), ("jewellery", 4.0), ("home", 2.0), ("fashion", 1.5),
              ("grocery", 0.3), ("books", 0.3), ("toys", 0.3), ("beauty", 0.5)),
             description="frequent sessions, buys often, expensive items, rarely refunds",
         ),
         Persona(
-            "bargain_hunter", 0.20, 0.08, 6.0, 0.18, 0.35, 0.45, 0.7, 0.05, 0.15, 0.0, -1.5,
+            "bargain_hunter", 0.20, 0.15, 7.0, 0.25, 0.40, 0.60, 1.2, 0.05, 0.15, 0.0, -2.0,
             (("grocery", 3.0), ("beauty", 2.0), ("books", 1.5), ("toys", 1.5),
              ("electronics", 0.4), ("jewellery", 0.2)),
             description="cheap items, many removes, buys in bulk, promo sensitive",
         ),
         Persona(
-            "browser", 0.25, 0.08, 8.0, 0.04, 0.50, 0.20, 0.1, 0.04, 0.05, 0.0, 0.0,
+            "browser", 0.25, 0.15, 10.0, 0.03, 0.50, 0.15, 0.1, 0.04, 0.05, 0.0, 0.0,
             (("electronics", 1.5), ("fashion", 1.5)),
             description="many views, rarely buys",
         ),
         Persona(
-            "new_customer", 0.10, 0.15, 5.0, 0.15, 0.30, 0.45, 0.1, 0.05, 0.10, 0.0, 0.0,
+            "new_customer", 0.10, 0.20, 5.0, 0.15, 0.30, 0.50, 0.1, 0.05, 0.10, 0.0, 0.0,
             window="late",
             description="first activity in the last 20% of the days, few orders",
         ),
         Persona(
-            "dormant", 0.25, 0.12, 5.0, 0.15, 0.25, 0.55, 0.2, 0.04, 0.10, 0.0, 0.0,
+            "dormant", 0.25, 0.15, 5.0, 0.15, 0.25, 0.55, 0.2, 0.04, 0.10, 0.0, 0.0,
             window="early",
             description="active early, quiet from a day in 15-40% of the horizon",
         ),
         Persona(
-            "refunder", 0.10, 0.08, 5.0, 0.25, 0.20, 0.65, 0.2, 0.45, 0.40, -1.2, 0.3,
-            (("fashion", 2.5), ("electronics", 1.5)),
-            description="buys, then refunds almost half of the lines and rates low",
+            "refunder", 0.10, 0.10, 5.0, 0.30, 0.20, 0.70, 0.2, 0.50, 0.40, -1.2, 0.5,
+            (("fashion", 3.0), ("electronics", 1.5)),
+            description="buys, then refunds half of the lines and rates low",
         ),
     )  # fmt: skip
 

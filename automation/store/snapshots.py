@@ -34,7 +34,7 @@ from sqlalchemy import Connection, text
 from automation.features.affinity import AffinityModel
 
 #: Columns that grow with elapsed time (stored as anchors).
-GROWING = ("recency_days", "tenure_days", "interpurchase_days")
+GROWING = ("recency_days", "tenure_days", "interpurchase_days", "inactive_days")
 DAY_NS = 86_400 * 10**9
 
 
@@ -150,7 +150,11 @@ def _unpack(data: bytes, columns: list[str], at: pd.Timestamp) -> tuple[Rows, An
         labels = np.full(len(keys), "", dtype=object)
     values = np.asfortranarray(z["values"], dtype=np.float32)
     if "anchors" in z.files:
-        rows = Rows(keys, values, z["anchors"], labels)
+        anchors = z["anchors"]
+        if anchors.shape[1] < len(GROWING):  # written before a growing column was added
+            pad = np.full((len(keys), len(GROWING) - anchors.shape[1]), np.nan)
+            anchors = np.hstack([anchors, pad])
+        rows = Rows(keys, values, anchors, labels)
     else:  # values as of ``at``: anchor the time-driven cells there
         raw = pd.DataFrame(values.astype(np.float64), index=keys, columns=columns)
         rows = encode(raw, at, labels)

@@ -1,0 +1,69 @@
+"""Merges and splits seen in what the active members did in each update (hand-made counts)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from automation.segments.behaviour import increments, value_changes
+from automation.segments.dynamic import DynamicSegmenter
+from automation.segments.structure import apply_structure
+
+N = 300  # members per segment
+
+
+def _day(rng: np.random.Generator, kind: np.ndarray) -> np.ndarray:
+    """One update's counts per member: kind 0 browses, 1 buys and refunds, 2 buys dear items."""
+    views = rng.poisson(np.where(kind == 0, 10, 5)) + 1.0
+    carts = rng.binomial(views.astype(int), np.where(kind == 0, 0.03, 0.3)).astype(float)
+    orders = (carts > 0) * (rng.random(len(kind)) < 0.7)
+    value = np.exp(rng.normal(np.where(kind == 2, 5.5, 3.5), 0.3))
+    gross = orders * value
+    refunds = gross * (kind == 1) * 0.5
+    usual = np.full(len(kind), 3.5)
+    return np.column_stack([views, carts, orders.astype(float), gross, refunds, usual])
+
+
+def _run(kinds: list[np.ndarray], labels: np.ndarray) -> list[list[dict[str, object]]]:
+    X = np.random.default_rng(1).normal(size=(len(labels), 2)) + (labels == "seg-2")[:, None] * 8
+    seg = DynamicSegmenter().init_from_partition(X, labels)
+    rng, ids, out = np.random.default_rng(0), iter(["seg-3", "seg-4", "seg-5"]), []
+    for kind in kinds:
+        labels, transitions, _ = apply_structure(
+            seg, X, labels, np.ones(len(X), bool), ["a", "b"], lambda: next(ids), None,
+            _day(rng, kind),
+        )  # fmt: skip
+        out.append(transitions)
+    return out
+
+
+def test_two_segments_that_start_to_behave_alike_merge() -> None:
+    labels = np.repeat(np.array(["seg-1", "seg-2"], dtype=object), N)
+    before, after = np.repeat([0, 1], N), np.ones(2 * N, int)
+    steps = _run([before] * 9 + [after] * 2, labels)
+    assert all(not t for t in steps[:-1])  # no alarm before, not on the first day alone
+    merged = [t for t in steps[-1] if t["type"] == "merged"]
+    assert merged and set(merged[0]["segments"]) == {"seg-1", "seg-2"}
+    assert merged[0]["evidence"]["converged"][0]["feature"] == "carts_per_view"
+
+
+def test_half_of_a_segment_buying_dearer_splits_off() -> None:
+    labels = np.repeat(np.array(["seg-1", "seg-2"], dtype=object), N)
+    before = np.repeat([1, 0], N)
+    after = before.copy()
+    after[: N // 2] = 2
+    steps = _run([before] * 9 + [after] * 2, labels)
+    assert all(not t for t in steps[:-1])
+    split = [t for t in steps[-1] if t["type"] == "split"]
+    assert split and split[0]["segments"] == ["seg-1", "seg-3"]
+
+
+def test_increments_are_what_a_user_did_since_the_stored_row() -> None:
+    cols = ["frequency", "avg_order_value", "monetary", "n_views", "n_carts"]
+    old = pd.DataFrame([[2, 10.0, 20.0, 8, 2], [np.nan] * 5], columns=cols)
+    new = pd.DataFrame([[3, 40.0, 90.0, 12, 3], [1, 5.0, 5.0, 2, 1]], columns=cols)
+    counts = increments(old, new)
+    assert counts[0, :5].tolist() == [4.0, 1.0, 1.0, 100.0, 30.0]  # 120 - 20 gross; 30 refunded
+    assert np.isnan(counts[1, 5]) and counts[1, :5].tolist() == [2.0, 1.0, 1.0, 5.0, 0.0]
+    change = value_changes(counts)
+    assert change[0] > 1.0 and np.isnan(change[1])
