@@ -9,8 +9,11 @@ Every key:
     Celery broker for the background workers (from the dynamic-segmentation issue on). Empty means
     tasks run in-process.
 ``SHOAL_INGEST_BLOCK_MB``
-    Megabytes of CSV read per ingest batch (default 128): bounds memory on large files (about
-    1.2 million events and 1.5 GB of memory per batch).
+    Megabytes of CSV read per ingest batch (default 32, about 300,000 events): bounds memory on
+    large files (about 0.4 GB per batch; the ingest holds up to three at once: one loading, two
+    being prepared).
+``SHOAL_INGEST_BLOCKS_PER_COMMIT``
+    Batches per transaction (default 32): their running aggregates are folded once, at the end.
 ``SHOAL_FUTURE_TOLERANCE_HOURS``
     How far past the wall clock an event timestamp may lie before it is quarantined (default 24).
 """
@@ -66,8 +69,8 @@ def _choice(env: dict[str, str], key: str, allowed: tuple[str, ...], default: st
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str = ""
-    ingest_block_mb: int = 128
-    ingest_blocks_per_commit: int = 8
+    ingest_block_mb: int = 32
+    ingest_blocks_per_commit: int = 32
     future_tolerance_hours: int = 24
     smtp_url: str = "smtp://127.0.0.1:1025"
     email_address: str = "{user_id}@customers.example.com"
@@ -85,8 +88,8 @@ class Settings:
                 e.get("SHOAL_DATABASE_URL") or DEFAULT_DATABASE_URL
             ),
             "broker_url": e.get("SHOAL_BROKER_URL", ""),
-            "ingest_block_mb": _int_env(e, "SHOAL_INGEST_BLOCK_MB", 128),
-            "ingest_blocks_per_commit": _int_env(e, "SHOAL_INGEST_BLOCKS_PER_COMMIT", 8),
+            "ingest_block_mb": _int_env(e, "SHOAL_INGEST_BLOCK_MB", 32),
+            "ingest_blocks_per_commit": _int_env(e, "SHOAL_INGEST_BLOCKS_PER_COMMIT", 32),
             "future_tolerance_hours": _int_env(e, "SHOAL_FUTURE_TOLERANCE_HOURS", 24),
             "smtp_url": e.get("SHOAL_SMTP_URL") or cls.smtp_url,
             "email_address": e.get("SHOAL_EMAIL_ADDRESS") or cls.email_address,

@@ -13,9 +13,11 @@ database keys are attached at fold time, once the block's users and items are up
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sqlalchemy import Connection, text
 
 from automation.features.aggregates import (
@@ -26,7 +28,7 @@ from automation.features.aggregates import (
     grouped_upserts,
 )
 from automation.store.bulk import create_temp_like
-from automation.store.pgcopy import Encoder, copy_binary, stream
+from automation.store.pgcopy import Encoder, copy_binary, join_rows, stream
 
 _COUNTED = {"view": "n_views", "cart": "n_carts", "remove": "n_removes"}
 _TYPES = {
@@ -56,6 +58,15 @@ _SQL_TYPES = {
 
 
 @dataclass
+class Encoded:
+    """One aggregate's rows of a block as binary ``COPY`` rows, all but the database keys."""
+
+    head: list[pa.Array]  # row arrays (see :meth:`Encoder.chunks`) of ``names``
+    names: list[str]  # the columns encoded, in order
+    codes: dict[str, np.ndarray]  # key column (user_key, item_key) -> each row's code
+
+
+@dataclass
 class Partials:
     """Grouped rows per aggregate; ``user``/``item`` columns hold codes into the id arrays."""
 
@@ -65,6 +76,7 @@ class Partials:
     orders: pd.DataFrame  # user, order_id, ts, revenue, n_lines
     items: pd.DataFrame  # user, item, n_purchases, n_refunds, quantity, revenue, last_ts
     categories: pd.DataFrame  # user, category, n_views, n_carts, n_purchases
+    encoded: dict[str, Encoded] | None = None  # the rows encoded for COPY (encode_partials)
 
 
 def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -188,45 +200,51 @@ def block_partials(
     return Partials(user_ids, item_ids, stats, orders, items, categories)
 
 
-def keyed_rows(
-    part: Partials, user_keys: np.ndarray, item_keys: np.ndarray
-) -> dict[str, pd.DataFrame]:
-    """The partials with database keys, as the rows each aggregate's upsert takes."""
+def encode_partials(part: Partials) -> dict[str, Encoded]:
+    """Encode every aggregate's rows but their keys: work for the helper thread, so that the
+    database thread only appends the keys (:meth:`Window.add`)."""
     stats = part.stats
     orders, items, cats = part.orders, part.items, part.categories
-    return {
-        "user_stats": pd.DataFrame(
+    tables: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {
+        "user_stats": (
             {
-                "user_key": user_keys,
                 **{c: _utc(stats[c]) for c in stats if c.endswith("_ts")},
                 **{c: stats[c] for c in STATS_COLUMNS},
-            }
+            },
+            {"user_key": np.arange(len(part.user_ids), dtype=np.int64)},
         ),
-        "user_orders": pd.DataFrame(
+        "user_orders": (
             {
-                "user_key": user_keys[orders["user"].to_numpy()],
                 "order_id": orders["order_id"].to_numpy(),
                 "ts": _utc(orders["ts"].to_numpy()),
                 "revenue": orders["revenue"].to_numpy(),
                 "n_lines": orders["n_lines"].to_numpy().astype("int64"),
-            }
+            },
+            {"user_key": orders["user"].to_numpy()},
         ),
-        "user_items": pd.DataFrame(
+        "user_items": (
             {
-                "user_key": user_keys[items["user"].to_numpy()],
-                "item_key": item_keys[items["item"].to_numpy()],
                 **{c: items[c].to_numpy() for c in ITEM_COLUMNS},
                 "last_ts": _utc(items["last_ts"].to_numpy()),
-            }
+            },
+            {"user_key": items["user"].to_numpy(), "item_key": items["item"].to_numpy()},
         ),
-        "user_categories": pd.DataFrame(
+        "user_categories": (
             {
-                "user_key": user_keys[cats["user"].to_numpy()],
                 "category": cats["category"].to_numpy(),
                 **{c: cats[c].to_numpy() for c in CATEGORY_COLUMNS},
-            }
+            },
+            {"user_key": cats["user"].to_numpy()},
         ),
     }
+    out = {}
+    for name, (columns, codes) in tables.items():
+        if len(next(iter(codes.values()))) == 0:
+            continue
+        types = stage_types(name)
+        head = Encoder(columns, types, fields=len(columns) + len(codes)).chunks()
+        out[name] = Encoded(head, list(columns), codes)
+    return out
 
 
 def _copy(
@@ -241,7 +259,7 @@ _BATCH_TYPES = {"batch_id": "int4", "user_key": "int8", "n_events": "int4"}
 _KEY_COLUMNS = ("user_key", "order_id", "item_key", "category")
 
 
-def _stage_types(name: str) -> dict[str, str]:
+def stage_types(name: str) -> dict[str, str]:
     """Column types of an aggregate's staged rows: counts as ``int4`` (summed into ``int8``)."""
     return {c: _TYPES.get(c, "int8" if c in _KEY_COLUMNS else "int4") for c in UPSERT_COLUMNS[name]}
 
@@ -275,9 +293,10 @@ class Window:
             }
         )
         _copy(self.conn, "batch_users", batch, UPSERT_COLUMNS["batch_users"], _BATCH_TYPES)
-        for name, frame in keyed_rows(part, user_keys, item_keys).items():
+        encoded = part.encoded if part.encoded is not None else encode_partials(part)
+        for name, enc in encoded.items():
             table = self.staged.get(name)
-            types = _stage_types(name)
+            types = stage_types(name)
             if table is None:
                 table = f"_part_{name}"
                 create_temp_like(
@@ -286,7 +305,12 @@ class Window:
                     ", ".join(f"{c} {_SQL_TYPES[types[c]]}" for c in UPSERT_COLUMNS[name]),
                 )
                 self.staged[name] = table
-            _copy(self.conn, table, frame, UPSERT_COLUMNS[name], types)
+            keys = {
+                col: (user_keys if col == "user_key" else item_keys)[codes]
+                for col, codes in enc.codes.items()
+            }
+            body = join_rows(enc.head, Encoder(keys, types, fields=0))
+            copy_binary(self.conn, table, [*enc.names, *keys], body)
 
     def flush(self) -> None:
         """Fold every staged row into the aggregates."""

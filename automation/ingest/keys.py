@@ -37,22 +37,35 @@ ITEM_UPDATE = (
 
 
 def upsert_keys(conn: Connection, table: str, attrs: pd.DataFrame, update_sql: str) -> pd.Series:
-    """Insert unseen ``external_id``s into ``table``; return external_id -> internal id."""
+    """Insert unseen ``external_id``s into ``table``; return external_id -> internal id.
+
+    The keys come back with the insert (``RETURNING``): for new rows, and for every row when
+    ``update_sql`` updates the existing ones. Only when some rows already existed and were left
+    alone (``NOTHING``) are their keys read with a join.
+    """
     cols = list(attrs.columns)
     create_temp_like(conn, "_stage_keys", _KEYS_SQL[conn.dialect.name])
     write_frame(conn, "_stage_keys", {c: attrs[c] for c in cols})
-    conn.execute(
+    returned = conn.execute(
         text(
             f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _stage_keys "
-            f"WHERE TRUE ORDER BY external_id ON CONFLICT (external_id) DO {update_sql}"
+            f"WHERE TRUE ORDER BY external_id ON CONFLICT (external_id) DO {update_sql} "
+            "RETURNING external_id, id"
         )
+    ).all()
+    if len(returned) < len(attrs):
+        keys = read_frame(
+            conn,
+            f"SELECT s.external_id, t.id FROM _stage_keys s JOIN {table} t "
+            "ON t.external_id = s.external_id",
+        )
+        return pd.Series(
+            keys["id"].to_numpy(dtype="int64"), index=keys["external_id"].astype("str")
+        )
+    return pd.Series(
+        np.fromiter((r[1] for r in returned), dtype=np.int64, count=len(returned)),
+        index=pd.Index([str(r[0]) for r in returned], dtype=object),
     )
-    keys = read_frame(
-        conn,
-        f"SELECT s.external_id, t.id FROM _stage_keys s JOIN {table} t "
-        "ON t.external_id = s.external_id",
-    )
-    return pd.Series(keys["id"].to_numpy(dtype="int64"), index=keys["external_id"].astype("str"))
 
 
 def lookup(keys: pd.Series, values: pd.Series) -> np.ndarray:

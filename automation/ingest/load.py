@@ -26,7 +26,13 @@ import pyarrow as pa
 from sqlalchemy import Connection, text
 
 from automation.features.aggregates import fold_into_aggregates
-from automation.features.partials import Partials, Window, block_partials, largest_user_key
+from automation.features.partials import (
+    Partials,
+    Window,
+    block_partials,
+    encode_partials,
+    largest_user_key,
+)
 from automation.ingest.keys import KeyCache, attribute_marks
 from automation.store.bulk import create_temp_like, ids_to_hex, write_frame
 from automation.store.pgcopy import Encoder, copy_binary, join_rows
@@ -230,6 +236,7 @@ def prepare_batch(acc: pd.DataFrame, non_product: object | None, binary: bool = 
         prep.partials = block_partials(
             acc, order, (prep.user_code, user_ids), (prep.item_code, item_ids)
         )
+        prep.partials.encoded = encode_partials(prep.partials)
     return prep
 
 

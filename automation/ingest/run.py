@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -256,10 +256,10 @@ def ingest_batch(
 
 
 class _Pipeline:
-    """A file's blocks, the next one always being prepared in a helper thread.
+    """A file's blocks, the next ones always being prepared in a helper thread.
 
     While a block is loaded (also across transactions), the helper reads, validates, encodes
-    and groups the block that comes after.
+    and groups up to ``ahead`` blocks that come after it.
     """
 
     def __init__(
@@ -267,22 +267,25 @@ class _Pipeline:
         pool: ThreadPoolExecutor,
         prepare: Callable[[RawBatch | None], PreparedBlock | None],
         first: RawBatch,
+        ahead: int = 2,
     ) -> None:
         self.pool = pool
         self.prepare = prepare
-        self.pending = pool.submit(prepare, first)
+        self.pending = deque([pool.submit(prepare, first)])
+        self.pending.extend(pool.submit(prepare, None) for _ in range(max(0, ahead - 1)))
 
     @property
     def done(self) -> bool:
-        return self.pending.result() is None
+        return self.pending[0].result() is None
 
     def window(self, size: int) -> Iterator[PreparedBlock]:
         """The next ``size`` blocks (fewer at the end of the file)."""
         for _ in range(max(1, size)):
-            block = self.pending.result()
+            block = self.pending[0].result()
             if block is None:
                 return
-            self.pending = self.pool.submit(self.prepare, None)
+            self.pending.popleft()
+            self.pending.append(self.pool.submit(self.prepare, None))
             yield block
 
 
