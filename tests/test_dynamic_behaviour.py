@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from automation.segments.behaviour import increments, value_changes
 from automation.segments.dynamic import DynamicSegmenter
@@ -20,8 +21,8 @@ def _day(rng: np.random.Generator, kind: np.ndarray) -> np.ndarray:
     value = np.exp(rng.normal(np.where(kind == 2, 5.5, 3.5), 0.3))
     gross = orders * value
     refunds = gross * (kind == 1) * 0.5
-    usual = np.full(len(kind), 3.5)
-    return np.column_stack([views, carts, orders.astype(float), gross, refunds, usual])
+    lines, usual = carts * orders, np.full(len(kind), 3.5)
+    return np.column_stack([views, carts, orders.astype(float), gross, refunds, lines, usual])
 
 
 def _run(kinds: list[np.ndarray], labels: np.ndarray) -> list[list[dict[str, object]]]:
@@ -59,11 +60,13 @@ def test_half_of_a_segment_buying_dearer_splits_off() -> None:
 
 
 def test_increments_are_what_a_user_did_since_the_stored_row() -> None:
-    cols = ["frequency", "avg_order_value", "monetary", "n_views", "n_carts"]
-    old = pd.DataFrame([[2, 10.0, 20.0, 8, 2], [np.nan] * 5], columns=cols)
-    new = pd.DataFrame([[3, 40.0, 90.0, 12, 3], [1, 5.0, 5.0, 2, 1]], columns=cols)
+    cols = ["frequency", "avg_order_value", "monetary", "n_views", "n_carts", "cart_to_purchase"]
+    old = pd.DataFrame([[2, 10.0, 20.0, 8, 2, 1.0], [np.nan] * 6], columns=cols)
+    new = pd.DataFrame([[3, 40.0, 90.0, 12, 3, 1.0], [1, 5.0, 5.0, 2, 1, 1.0]], columns=cols)
     counts = increments(old, new)
-    assert counts[0, :5].tolist() == [4.0, 1.0, 1.0, 100.0, 30.0]  # 120 - 20 gross; 30 refunded
-    assert np.isnan(counts[1, 5]) and counts[1, :5].tolist() == [2.0, 1.0, 1.0, 5.0, 0.0]
+    # 120 - 20 gross, 30 refunded, one line bought; before: 20 over two lines
+    assert counts[0, :6].tolist() == [4.0, 1.0, 1.0, 100.0, 30.0, 1.0]
+    assert counts[0, 6] == pytest.approx(np.log(21 / 2))
+    assert np.isnan(counts[1, 6]) and counts[1, :6].tolist() == [2.0, 1.0, 1.0, 5.0, 0.0, 1.0]
     change = value_changes(counts)
     assert change[0] > 1.0 and np.isnan(change[1])

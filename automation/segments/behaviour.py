@@ -4,18 +4,19 @@ The clustering features are cumulative (orders, spend, shares over a user's whol
 two kinds of customer that start to behave alike stay apart in them for weeks, and half of a
 segment that changes its habits stays inside it. The update knows every touched user's stored
 row and new row, so it knows what each did since the last update: views, carts, orders, gross
-revenue and refunded value (:func:`increments`). Pooled over a segment's active members these
-give a daily *behaviour profile* (:data:`PROFILE`, ratios of sums: stable even when each user
-has one or two events a day) and, per buyer, the value of today's orders.
+revenue, refunded value and purchased lines (:func:`increments`). Pooled over a segment's active
+members these give a daily *behaviour profile* (:data:`PROFILE`, ratios of sums: stable even when each user
+has one or two events a day) and, per buyer, today's spend per purchased line against their own.
 
 - **merged** (:func:`merged_pairs`): two segments whose behaviour profiles have come together:
   their distance in the last two updates is below ``merge_drop`` of its reference (the previous
   updates') and ``merge_z`` standard deviations under it. The smaller is absorbed.
-- **split** (:func:`value_split`): a segment whose buyers' order value turned bimodal: the share
-  of today's buyers spending ``split_value_gap`` (log units) above the segment's usual order value
-  jumped (``split_z`` binomial errors, ``split_share`` at least) in the last two updates. Those
-  buyers get a new id; the new segment keeps the rule and collects the parent's active members
-  who buy like that in later updates (:func:`follow_rules`).
+- **split** (:func:`value_split`): a segment part of whose buyers now spend much more per bought
+  line than they used to (dearer items, not fuller baskets): the share of today's returning
+  buyers whose spend per line rose ``split_value_gap`` (log units) above their own usual jumped
+  (``split_share`` and ``split_z`` binomial errors) in each of the last two updates. Those buyers
+  get a new id; the new segment keeps the rule and collects the parent's active members who buy
+  like that in later updates.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class BehaviourPolicy:
     merge_drop: float = 0.5
     merge_z: float = 5.0
     merge_gap: float = 3.0  # deviations: every compared feature this close in both updates
-    split_value_gap: float = 1.0
+    split_value_gap: float = 1.2
     split_share: float = 0.1
     split_z: float = 4.0
 
@@ -64,27 +65,31 @@ def _counts(frame: pd.DataFrame) -> np.ndarray:
             return np.zeros(len(frame))
         return np.nan_to_num(frame[name].to_numpy(dtype=np.float64), nan=0.0)
 
-    orders = col("frequency")
+    orders, carts = col("frequency"), col("n_carts")
     gross = col("avg_order_value") * orders
-    return np.column_stack(
-        [col("n_views"), col("n_carts"), orders, gross, np.clip(gross - col("monetary"), 0, None)]
-    )
+    refunds = np.clip(gross - col("monetary"), 0, None)
+    lines = np.round(col("cart_to_purchase") * carts)  # purchase lines
+    return np.column_stack([col("n_views"), carts, orders, gross, refunds, lines])
 
 
 def increments(old: pd.DataFrame, new: pd.DataFrame) -> np.ndarray:
-    """Per row: views, carts, orders, gross revenue and refunded value between the two frames
-    (same index and columns; an unknown user's old row is ``NaN``: everything is new), and the
-    log of the user's order value before (``NaN`` without earlier orders)."""
+    """Per row: views, carts, orders, gross revenue, refunded value and purchased lines between
+    the two frames (same index and columns; an unknown user's old row is ``NaN``: everything is
+    new), and the log of the user's spend per purchased line before (``NaN`` without any)."""
     before = _counts(old)
     counts = np.clip(_counts(new) - before, 0, None)
-    o, g = before[:, 2], before[:, 3]
-    usual = np.where(o > 0, np.log((g + 1) / np.maximum(o, 1)), np.nan)
-    return np.column_stack([counts, usual])
+    return np.column_stack([counts, _per_line(before)])
+
+
+def _per_line(counts: np.ndarray) -> np.ndarray:
+    """Log spend per purchased line (``NaN`` without purchases)."""
+    g, lines = counts[:, 3], counts[:, 5]
+    return np.where(lines > 0, np.log((g + 1) / np.maximum(lines, 1)), np.nan)
 
 
 def profile_of(counts: np.ndarray) -> list[float]:
     """The pooled profile (:data:`PROFILE`) of some active members' increments."""
-    v, c, o, g, r = counts[:, :5].sum(axis=0)
+    v, c, o, g, r = counts[:, :5].sum(axis=0)  # lines (6th) and the usual spend (7th) unused
     ordered = counts[:, 2] > 0
     value = np.log((counts[ordered, 3] + 1) / counts[ordered, 2]).mean() if ordered.any() else 0.0
     return [
@@ -97,10 +102,10 @@ def profile_of(counts: np.ndarray) -> list[float]:
 
 
 def value_changes(counts: np.ndarray) -> np.ndarray:
-    """Per row: log value per order in this update minus the user's usual (``NaN`` for users
-    who did not order now or never ordered before)."""
-    o, g, usual = counts[:, 2], counts[:, 3], counts[:, 5]
-    return np.where(o > 0, np.log((g + 1) / np.maximum(o, 1)), np.nan) - usual
+    """Per row: log spend per purchased line in this update minus the user's usual (``NaN`` for
+    users who did not buy now or never bought before). Per line, not per order: a promotion that
+    fills baskets (more lines, larger quantities) moves it little, dearer items a lot."""
+    return _per_line(counts) - counts[:, 6]
 
 
 def _series(state: list[list[float]], p: BehaviourPolicy) -> np.ndarray:
@@ -152,8 +157,8 @@ def merged_pairs(
 
 
 def high_value_share(changes: np.ndarray, p: BehaviourPolicy) -> float | None:
-    """The share of today's returning buyers whose order value rose ``split_value_gap`` (log
-    units) above their usual; ``None`` with too few of them."""
+    """The share of today's returning buyers whose spend per bought line rose ``split_value_gap``
+    (log units) above their usual; ``None`` with too few of them."""
     if len(changes) < p.min_buyers:
         return None
     return float((changes > p.split_value_gap).mean())

@@ -239,8 +239,8 @@ def _in_behaviour(st: _Step, counts: np.ndarray) -> None:
     """Merges and splits seen in what the active members did (:mod:`.behaviour`)."""
     bp, rows = st.p.behaviour, np.flatnonzero(st.active)
     lab, values = st.labels[rows], value_changes(counts)
-    high = values > bp.split_value_gap  # bought well above their usual order value
-    for s in st.seg.active:  # segments split off on order value keep collecting such buyers
+    high = values > bp.split_value_gap  # spent well above their usual per bought line
+    for s in st.seg.active:  # segments split off on spend keep collecting such buyers
         if s.follow and (pick := (lab == s.follow["parent"]) & high).any():
             st.labels[rows[pick]] = lab[pick] = s.segment_id
     for s in st.seg.active:
