@@ -441,7 +441,7 @@ main.add_command(serve)
 
 # ---------------------------------------------------------------------------- recommendations
 MODEL_CHOICE = click.Choice(
-    ["popularity", "segment-popularity", "item-knn", "als", "content", "hybrid"]
+    ["popularity", "segment-popularity", "item-knn", "als", "content", "ease", "hybrid"]
 )
 
 

@@ -33,12 +33,15 @@ from automation.recommend.evaluate import EvaluationReport, evaluate, score_mode
 from automation.recommend.hybrid import HybridRecommender
 
 BASELINES = ("popularity", "segment-popularity", "item-knn", "als")
-MODELS = (*BASELINES, "content", "hybrid")
+MODELS = (*BASELINES, "content", "ease", "hybrid")  # content, ease: reported, not baselines
 METRICS = ("ndcg", "recall", "map", "hit_rate", "coverage", "novelty")
 ABLATIONS: dict[str, dict[str, float]] = {
     "no segment (prior, re-ranking)": {"w_segment": 0.0, "gamma": 0.0},
     "no content": {"w_content": 0.0},
     "no basket": {"w_basket": 0.0},
+    "no EASE": {"w_ease": 0.0},
+    "no next-basket": {"w_next": 0.0},
+    "no co-purchase kNN": {"w_cf": 0.0},
     "no trend": {"w_trend": 0.0},
     "no repeat": {"w_repeat": 0.0},
     "no ALS": {"w_als": 0.0},
@@ -57,6 +60,14 @@ def verdict(report: EvaluationReport) -> list[dict[str, Any]]:
             hyb = report.row("hybrid", proto, users)
             gain = (hyb["ndcg"] / base["ndcg"] - 1) if base["ndcg"] else None
             need = 0.10 if users == "cold" else 0.0
+            ease = next(
+                (
+                    r["ndcg"]
+                    for r in report.results
+                    if (r["model"], r["protocol"], r["users"]) == ("ease", proto, users)
+                ),
+                None,
+            )
             out.append(
                 {
                     "protocol": proto,
@@ -68,6 +79,8 @@ def verdict(report: EvaluationReport) -> list[dict[str, Any]]:
                     "gain": gain,
                     "target": need,
                     "met": gain is not None and gain > need - 1e-12 and hyb["ndcg"] > base["ndcg"],
+                    "ease": ease,
+                    "vs_ease": (hyb["ndcg"] / ease - 1) if ease else None,
                 }
             )
     return out
@@ -147,14 +160,18 @@ def split_section(rep: EvaluationReport) -> list[str]:
         lines.append(
             f"| {r['model']} | {r['protocol']} | {r['users']} | {r['n_users']:,} | {cells} |"
         )
-    lines += ["", "| protocol | users | hybrid | best baseline | gain | target | met |"]
-    lines.append("|---|---|---:|---|---:|---:|---|")
+    lines += [
+        "",
+        "| protocol | users | hybrid | best baseline | gain | target | met | EASE alone | vs EASE |",
+    ]
+    lines.append("|---|---|---:|---|---:|---:|---|---:|---:|")
     for v in verdict(rep):
         gain = f"{100 * v['gain']:+.1f}%" if v["gain"] is not None else "-"
+        vs = f"{100 * v['vs_ease']:+.1f}%" if v["vs_ease"] is not None else "-"
         lines.append(
             f"| {v['protocol']} | {v['users']} | {v['hybrid']:.4f} | {v['best_baseline']} "
             f"{v['baseline']:.4f} | {gain} | >= {100 * v['target']:.0f}% | "
-            f"{'yes' if v['met'] else 'no'} |"
+            f"{'yes' if v['met'] else 'no'} | {common.fmt(v['ease'], 4)} | {vs} |"
         )
     lines += ["", "Hybrid ablation (NDCG, test window, tuned model with one part off):", ""]
     lines += ["| protocol | variant | all | cold |", "|---|---|---:|---:|"]

@@ -3,10 +3,13 @@
 For user ``u`` with ``n_u`` distinct items in their (recency-decayed) history and segment ``s``:
 
 ``own(u, i)``
-    ``w_cf * cf + w_basket * basket + w_content * content + w_als * als``, each component scaled
-    so that the user's best item scores 1: co-purchase neighbours over users (``cf``), co-occurrence
-    within orders (``basket``), TF-IDF neighbours of the item texts (``content``) and, when its
-    weight is positive, ALS.
+    ``w_repeat * repeat + w_cf * cf + w_basket * basket + w_content * content + w_next * next +
+    w_ease * ease + w_als * als``, each component scaled so that the user's best item scores 1:
+    the user's own items (``repeat``), co-purchase neighbours over users (``cf``), co-occurrence
+    within orders (``basket``), TF-IDF neighbours of the item texts (``content``), what customers
+    bought in their next orders after the user's items (``next``) and EASE weights (``ease``),
+    both read from the user's items weighted by recency (``anchor_half_life``: the last basket
+    counts 1), and ALS. A component is fitted only when its weight is positive.
 ``prior(s, i)``
     ``w_segment * segment + w_trend * trend``: the segment's time-decayed popularity and the
     global popularity over the last days (``trend_half_life``), each scaled to a maximum of 1.
@@ -36,14 +39,16 @@ from automation.recommend.base import BATCH_ROWS, Recommender
 from automation.recommend.content import item_texts
 from automation.recommend.context import NO_SEGMENT, csr_arrays, csr_from, distinct_user_popularity
 from automation.recommend.data import FloatArray, IntArray, Interactions
+from automation.recommend.ease import ease_weights
 from automation.recommend.knn import anchor_reasons
+from automation.recommend.sequence import recent_profile, transition_similarity
 from automation.recommend.similarity import (
     cooccurrence_similarity,
     row_max_normalise,
     text_similarity,
 )
 
-COMPONENTS = ("repeat", "cf", "basket", "content", "als", "segment", "trend")
+COMPONENTS = ("repeat", "cf", "basket", "content", "next", "ease", "als", "segment", "trend")
 LIFT_CLIP = 4.0
 
 
@@ -56,6 +61,8 @@ class HybridRecommender(Recommender):
         "w_cf": 1.0,
         "w_basket": 0.1,
         "w_content": 0.5,
+        "w_next": 0.25,
+        "w_ease": 0.0,
         "w_als": 1.0,
         "w_segment": 0.25,
         "w_trend": 0.25,
@@ -64,6 +71,11 @@ class HybridRecommender(Recommender):
         "cf_k": 200,
         "basket_k": 100,
         "content_k": 50,
+        "next_k": 100,
+        "next_gap": 2,
+        "ease_lambda": 300.0,
+        "ease_k": 200,
+        "anchor_half_life": 90.0,
         "trend_half_life": 14.0,
         "als_factors": 64,
         "als_regularization": 0.1,
@@ -77,12 +89,20 @@ class HybridRecommender(Recommender):
         for c in COMPONENTS:
             if float(p[f"w_{c}"]) < 0:
                 raise ValidationError(f"w_{c}={p[f'w_{c}']} should be >= 0")
+
         for key in ("shrink", "gamma"):
             if float(p[key]) < 0:
                 raise ValidationError(f"{key}={p[key]} should be >= 0")
-        for key in ("cf_k", "basket_k", "content_k", "als_factors", "num_threads"):
+        for key in ("cf_k", "basket_k", "content_k", "next_k", "next_gap", "ease_k", "als_factors"):
             if int(p[key]) < 1:
                 raise ValidationError(f"{key}={p[key]} should be >= 1")
+        if float(p["ease_lambda"]) <= 0:
+            raise ValidationError(f"ease_lambda={p['ease_lambda']} should be > 0")
+        if int(p["num_threads"]) < 1:
+            raise ValidationError(f"num_threads={p['num_threads']} should be >= 1")
+        anchor = p["anchor_half_life"]
+        if anchor is not None and float(anchor) <= 0:
+            raise ValidationError(f"anchor_half_life={anchor} should be > 0 (or None)")
         if float(p["trend_half_life"]) <= 0:
             raise ValidationError(f"trend_half_life={p['trend_half_life']} should be > 0")
 
@@ -93,27 +113,41 @@ class HybridRecommender(Recommender):
         empty = sp.csr_matrix((ctx.n_items, ctx.n_items))
         self.cf_ = (
             cooccurrence_similarity(interactions.weighted(p["weights"]), "cosine", int(p["cf_k"]))
-            if p["w_cf"] > 0
+            if self._wanted("cf")
             else empty
         )
         self.basket_ = (
             cooccurrence_similarity(interactions.baskets(), "cosine", int(p["basket_k"]))
-            if p["w_basket"] > 0 and (interactions.order >= 0).any()
+            if self._wanted("basket") and (interactions.order >= 0).any()
             else empty
         )
         self.content_ = (
             text_similarity(item_texts(ctx.catalogue), int(p["content_k"]))
-            if p["w_content"] > 0
+            if self._wanted("content")
+            else empty
+        )
+        self.next_ = (
+            transition_similarity(interactions, int(p["next_k"]), int(p["next_gap"]))
+            if self._wanted("next")
+            else empty
+        )
+        self.ease_ = (
+            ease_weights(interactions.purchases(), float(p["ease_lambda"]), int(p["ease_k"]))
+            if self._wanted("ease")
             else empty
         )
         self.trend_ = distinct_user_popularity(interactions, float(p["trend_half_life"]))
         self.lift_ = self._lift()
         self.als_: ALSRecommender | None = None
         self._memo: dict[bytes, dict[str, FloatArray]] | None = None
-        if p["w_als"] > 0:
+        if self._wanted("als"):
             self.als_ = self._als_model()
             self.als_.context_ = ctx
             self.als_._fit(interactions)
+
+    def _wanted(self, component: str) -> bool:
+        """Whether a component has weight (so is fitted)."""
+        return float(self.params[f"w_{component}"]) > 0
 
     def _als_model(self) -> ALSRecommender:
         p = self.params
@@ -169,6 +203,13 @@ class HybridRecommender(Recommender):
         for c, S in (("cf", self.cf_), ("basket", self.basket_), ("content", self.content_)):
             if S.nnz:
                 out[c] = row_max_normalise(np.asarray((prof @ S).todense()))
+        if self.next_.nnz or self.ease_.nnz:
+            last = self._recent_rows(rows)
+        if self.next_.nnz:
+            out["next"] = row_max_normalise(np.asarray((last @ self.next_).todense()))
+        if self.ease_.nnz:
+            ease = np.maximum(np.asarray((last @ self.ease_).todense()), 0.0)
+            out["ease"] = row_max_normalise(ease)
         if self.als_ is not None:
             out["als"] = row_max_normalise(np.maximum(self.als_._scores(rows, segments), 0.0))
         if len(ctx.segment_ids):
@@ -183,6 +224,14 @@ class HybridRecommender(Recommender):
         if memo is not None:
             memo[key] = out
         return out
+
+    def _recent_rows(self, rows: IntArray) -> sp.csr_matrix:
+        """The users' bought items weighted by recency (1 for the last basket; unknown: none)."""
+        ctx = self.context
+        safe = np.where(rows >= 0, rows, 0)
+        sub = sp.csr_matrix(sp.diags((rows >= 0).astype(np.float64)) @ ctx.last_age[safe])
+        sub.eliminate_zeros()
+        return recent_profile(sub, self.params["anchor_half_life"])
 
     def _history(self, rows: IntArray) -> FloatArray:
         prof = self.context.profile_rows(rows)
@@ -250,6 +299,12 @@ class HybridRecommender(Recommender):
                 prof, self.basket_, items, names, "often in the same basket as {anchor}"
             ),
             "content": anchor_reasons(prof, self.content_, items, names, "similar to {anchor}"),
+            "next": anchor_reasons(
+                self._recent_rows(rows), self.next_, items, names, "often bought after {anchor}"
+            ),
+            "ease": anchor_reasons(
+                self._recent_rows(rows), self.ease_, items, names, "goes with {anchor}"
+            ),
         }
         trend_days = float(self.params["trend_half_life"])
         out: list[list[str]] = []
@@ -283,7 +338,7 @@ class HybridRecommender(Recommender):
         for w, S in ((p["w_cf"], self.cf_), (p["w_basket"], self.basket_)):
             if w > 0:
                 out += float(w) * np.asarray(S[item].todense()).ravel()
-        if p["w_content"] > 0:
+        if self._wanted("content"):
             out += float(p["w_content"]) * np.asarray(self.content_[item].todense()).ravel()
         return out
 
@@ -296,7 +351,7 @@ class HybridRecommender(Recommender):
 
     def _state(self) -> dict[str, Any]:
         out: dict[str, Any] = {"trend": self.trend_, "lift": self.lift_}
-        for name in ("cf", "basket", "content"):
+        for name in ("cf", "basket", "content", "next", "ease"):
             out.update(csr_arrays(name, getattr(self, f"{name}_")))
         if self.als_ is not None:
             out["als_user_factors"] = self.als_.user_factors_
@@ -309,6 +364,9 @@ class HybridRecommender(Recommender):
         self.cf_ = csr_from(z, "cf")
         self.basket_ = csr_from(z, "basket")
         self.content_ = csr_from(z, "content")
+        n = self.context.n_items
+        self.next_ = csr_from(z, "next") if "next__shape" in z else sp.csr_matrix((n, n))
+        self.ease_ = csr_from(z, "ease") if "ease__shape" in z else sp.csr_matrix((n, n))
         self.als_ = None
         self._memo = None
         if "als_user_factors" in z:

@@ -8,6 +8,7 @@ from automation.errors import ValidationError
 from automation.recommend.als import ALSRecommender
 from automation.recommend.base import Recommender, Rules
 from automation.recommend.content import ContentRecommender
+from automation.recommend.ease import EASERecommender
 from automation.recommend.hybrid import HybridRecommender
 from automation.recommend.knn import ItemKNNRecommender
 from automation.recommend.popularity import PopularityRecommender, SegmentPopularityRecommender
@@ -18,6 +19,7 @@ MODELS: dict[str, type[Recommender]] = {
     "item-knn": ItemKNNRecommender,
     "als": ALSRecommender,
     "content": ContentRecommender,
+    "ease": EASERecommender,
     "hybrid": HybridRecommender,
 }
 

@@ -47,15 +47,17 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
         for a in (0.1, 0.25, 0.5, 1.0, 4.0)
     ],
     "content": [{"k": k, "half_life": hl} for k in (20, 50) for hl in (None, 90.0)],
+    "ease": [
+        {"lam": lam, "half_life": hl} for lam in (100.0, 300.0, 1000.0) for hl in (None, 90.0)
+    ],
     "hybrid": [{"half_life": hl} for hl in (None, 90.0)],
 }
 HYBRID_STEPS: dict[str, tuple[float, ...]] = {
-    "w_repeat": (0.0, 0.25, 0.5, 1.0, 2.0),
-    "w_basket": (0.0, 0.1, 0.25, 0.5, 1.0),
-    "w_content": (0.0, 0.1, 0.25, 0.5, 1.0),
-    "w_als": (0.0, 0.1, 0.25, 0.5, 1.0),
-    "w_segment": (0.0, 0.1, 0.25, 0.5, 1.0),
-    "w_trend": (0.0, 0.1, 0.25, 0.5, 1.0),
+    "w_repeat": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+    **{
+        f"w_{c}": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+        for c in ("cf", "basket", "content", "next", "ease", "als", "segment", "trend")
+    },
     "shrink": (0.0, 2.0, 5.0, 10.0, 20.0, 50.0),
     "gamma": (0.0, 0.25, 0.5, 1.0),
 }
@@ -147,7 +149,7 @@ def _tune_hybrid(
     weights: dict[str, dict[str, Any]] = {}
     structures = [{**g, **a} for g in GRIDS["hybrid"] for a in _als_options(als)]
     for params in structures:
-        fit_params = {**params, "w_als": 0.1}
+        fit_params = {**params, "w_als": 0.1, "w_ease": 0.1}
         model = make_recommender("hybrid", rules, seed, **fit_params).fit(val.train)
         assert isinstance(model, HybridRecommender)
         for proto in PROTOCOLS:
@@ -181,7 +183,7 @@ def _ascend(
     passes: int,
     start: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], float, int]:
-    """Coordinate ascent over the hybrid's blend weights, shrink and gamma (w_cf fixed at 1)."""
+    """Coordinate ascent over the hybrid's blend weights, shrink and gamma."""
     saved = dict(model.params)
     current = dict(start) if start is not None else {key: saved[key] for key in HYBRID_STEPS}
     tried = 1
