@@ -91,6 +91,17 @@ def parse_timestamps(col: pd.Series, timezone: str) -> tuple[pd.Series, np.ndarr
     if pd.api.types.is_numeric_dtype(col):
         return _epoch(pd.to_numeric(col, errors="coerce")), ambiguous
     s = text(col)
+    chunks = getattr(s.array, "_pa_array", None)
+    if isinstance(chunks, pa.ChunkedArray) and chunks.null_count == 0:
+        # Fast path: every value ISO 8601 with an offset ("...Z", "+02:00"), parsed by Arrow.
+        # Anything else (epoch numbers, local times, unparseable text) takes the general path.
+        try:
+            parsed = pc.cast(chunks, pa.timestamp("us", tz="UTC"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            parsed = None
+        if parsed is not None:
+            values = parsed.to_pandas().astype("datetime64[us, UTC]")
+            return pd.Series(values.to_numpy(), index=col.index, dtype=values.dtype), ambiguous
     out = pd.Series(pd.NaT, index=col.index, dtype="datetime64[us, UTC]")
     is_num = s.str.fullmatch(_NUMBER).fillna(False).to_numpy(dtype=bool)
     if is_num.any():
@@ -255,4 +266,5 @@ def validate(
     rejected = pd.DataFrame(
         {"row": np.flatnonzero(~ok), "reason": f.reason[~ok], "detail": f.detail[~ok]}
     )
-    return Checked(out[ok].reset_index(drop=True), rejected)
+    accepted = out.reset_index(drop=True) if ok.all() else out[ok].reset_index(drop=True)
+    return Checked(accepted, rejected)
