@@ -81,7 +81,10 @@ class SegmentStats:
             "profiles": [[round(float(v), 6) for v in p] for p in self.profiles[-15:]],
             "pending": int(self.pending),
             "behaviour": [[round(float(v), 6) for v in b] for b in self.behaviour[-15:]],
-            "high_share": [round(float(v), 6) for v in self.high_share[-15:]],
+            # JSON has no NaN (PostgreSQL's json type rejects it): a missing share is null.
+            "high_share": [
+                None if math.isnan(float(v)) else round(float(v), 6) for v in self.high_share[-15:]
+            ],
             "follow": dict(self.follow),
         }
 
