@@ -49,10 +49,11 @@ class FactorTopN:
 
     user_factors: NDArray[np.float32]
     width: int  # items
-    item_t: NDArray[np.float32]  # factors x items (zero columns up to a multiple of GROUP)
+    # (factors + 1) x items: the factors, then the bias row (-inf on the padding columns that
+    # make the width a multiple of GROUP); users get a last factor of 1, so one product adds it
+    item_t: NDArray[np.float32]
     item_64: NDArray[np.float64]  # items x factors
     bias_64: FloatArray  # added to every score (the popularity tie-break)
-    bias_32: NDArray[np.float32]  # -inf on the padding columns
     err_scale: float  # gamma(k + 2) * 2 (safety)
     item_norm_max: float
     bias_max: float
@@ -66,17 +67,16 @@ class FactorTopN:
         bias = np.asarray(bias, dtype=np.float64)
         width = item_factors.shape[0]
         padded = -(-width // GROUP) * GROUP
-        item_t = np.zeros((k, padded), dtype=np.float32)
-        item_t[:, :width] = item_factors.T
-        bias_32 = np.full(padded, -np.inf, dtype=np.float32)
-        bias_32[:width] = bias
+        item_t = np.zeros((k + 1, padded), dtype=np.float32)
+        item_t[:k, :width] = item_factors.T
+        item_t[k] = -np.inf
+        item_t[k, :width] = bias
         return cls(
             user_factors=np.ascontiguousarray(user_factors, dtype=np.float32),
             width=width,
             item_t=item_t,
             item_64=np.asarray(item_factors, dtype=np.float64),
             bias_64=bias,
-            bias_32=bias_32,
             err_scale=2.0 * terms / (1.0 - terms),
             item_norm_max=float(np.linalg.norm(item_factors, axis=1).max(initial=0.0)),
             bias_max=float(np.abs(bias).max(initial=0.0)),
@@ -130,29 +130,32 @@ def factor_top_n(
     m = min(groups, n + max(4, n // 2))
     ban_idx = np.flatnonzero(banned)
     slack = 10.0**-decimals
+    k = model.item_t.shape[0] - 1
     buf = np.empty((min(block, len(rows)), model.item_t.shape[1]), dtype=np.float32)
+    ubuf = np.ones((min(block, len(rows)), k + 1), dtype=np.float32)
     for lo in range(0, len(rows), block):
         r = rows[lo : lo + block]
         b = len(r)
-        S = buf[:b]
-        U = model.user_factors[r]
-        np.matmul(U, model.item_t, out=S)
+        S, U = buf[:b], ubuf[:b]
+        U[:, :k] = model.user_factors[r]
+        np.matmul(U, model.item_t, out=S)  # scores plus the bias; -inf on the padding
         err = model.err_scale * (
-            np.linalg.norm(U.astype(np.float64), axis=1) * model.item_norm_max + model.bias_max
+            np.linalg.norm(U[:, :k].astype(np.float64), axis=1) * model.item_norm_max
+            + model.bias_max
         )
-        warm = S.max(axis=1) > err  # surely some score > 0 in float64 too: not cold
-        S += model.bias_32  # the padding columns become -inf
         if len(ban_idx):
             S[:, ban_idx] = -np.inf
         _mask_block(S, masks, r)
         # a threshold with at least m items at or above it: the m-th best of the group maxima
         # (the groups are strided, item j in group j % groups: a reduction numpy vectorises)
+        gmax = S.reshape(b, GROUP, groups).max(axis=1)
+        # surely some score > 0 in float64 too (not cold); else the plain path decides
+        warm = gmax.max(axis=1) > err + model.bias_max
         if m < groups:
-            gmax = S.reshape(b, GROUP, groups).max(axis=1)
             t = -np.partition(-gmax, m - 1, axis=1)[:, m - 1]
         else:  # a small catalogue: every finite item is a candidate
             t = np.full(b, -np.inf, dtype=np.float32)
-        ok_rows = _answer_block(model, S, U, t, n, decimals, err, slack, out_i, out_s, lo)
+        ok_rows = _answer_block(model, S, U[:, :k], t, n, decimals, err, slack, out_i, out_s, lo)
         todo[lo : lo + b] = ~(warm & ok_rows)
     return out_i, out_s, todo
 
@@ -172,10 +175,10 @@ def _answer_block(
 ) -> NDArray[np.bool_]:
     """Rank each row's items at or above its threshold ``t`` (rescored in float64) into
     ``out_*[lo:]``; True for the rows where nothing below ``t`` can reach the n-th item."""
-    b, padded = S.shape
+    b, width = S.shape
     lowest = np.finfo(np.float32).min  # -inf (masked) items are never candidates
     flat = np.flatnonzero(np.maximum(t, lowest)[:, None] <= S)  # row-major: rows ascending
-    row = flat // padded
+    row = flat // width
     v32 = S.reshape(-1)[flat].astype(np.float64)
     starts = np.searchsorted(row, np.arange(b))
     # the n-th best float32 score of each row (-inf when fewer than n candidates)
@@ -188,7 +191,7 @@ def _answer_block(
     reach = nth - 2.0 * err - slack
     near = v32 >= reach[row]
     flat, row = flat[near], row[near]
-    col = flat % padded
+    col = flat % width
     exact = np.einsum("ck,ck->c", U[row].astype(np.float64), model.item_64[col])
     vals = np.round(exact + model.bias_64[col], decimals)
     order = np.lexsort((col, -vals, row))
