@@ -30,13 +30,12 @@ def transition_similarity(
     frame = pd.DataFrame({"u": inter.user[mask], "o": inter.order[mask], "a": inter.age_days[mask]})
     orders = frame.groupby(["u", "o"], sort=False)["a"].min().reset_index()
     orders = orders.sort_values(["u", "a", "o"], ascending=[True, False, True], kind="stable")
-    codes = {o: c for c, o in enumerate(orders["o"].tolist())}
+    order_ids = orders["o"].to_numpy(dtype=np.int64)
+    position = np.full(int(order_ids.max()) + 1, -1, dtype=np.int64)
+    position[order_ids] = np.arange(len(order_ids))
     users = orders["u"].to_numpy()
     basket = sp.csr_matrix(
-        (
-            np.ones(int(mask.sum())),
-            (np.array([codes[o] for o in inter.order[mask].tolist()]), inter.item[mask]),
-        ),
+        (np.ones(int(mask.sum())), (position[inter.order[mask]], inter.item[mask])),
         shape=(len(orders), n),
     )
     basket.sum_duplicates()
