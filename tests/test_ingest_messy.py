@@ -336,3 +336,24 @@ def test_windows_of_blocks_fold_the_aggregates_exactly(engine: Engine, tmp_path:
             assert len(stored) > 100, table
             pd.testing.assert_frame_equal(stored, recomputed, check_dtype=False, rtol=1e-9)
     pd.testing.assert_frame_equal(fast, slow, check_exact=False, rtol=1e-9, atol=1e-9)
+
+
+def test_a_block_parsed_into_several_arrow_chunks(engine: Engine, tmp_path: Path) -> None:
+    """A block of several MB is parsed by Arrow in several chunks (threads): its text columns
+    reach validation, the binary COPY and the aggregates whole."""
+    rows = [
+        f"u{i % 997},{('view', 'cart', 'purchase')[i % 3]},{1_700_000_000 + i},i{i % 301},"
+        f"cat{i % 7},o{i // 4},{1 + i % 2},{3.5 + i % 5},{'x' * (i % 50)}\n".encode()
+        for i in range(60_000)
+    ]
+    head = b"user_id,type,timestamp,item_id,category,order_id,quantity,price,session_id\n"
+    path = _write(tmp_path / "big.csv", head + b"".join(rows))
+    assert path.stat().st_size > 3 << 20  # Arrow's CSV reader cuts 1 MB chunks
+    got = ingest_files(engine, [path], Settings())
+    assert (got.read, got.accepted, got.quarantined) == (60_000, 60_000, 0)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM events")).scalar() == 60_000
+        assert conn.execute(text("SELECT SUM(n_events) FROM user_stats")).scalar() == 60_000
+        assert conn.execute(text("SELECT COUNT(DISTINCT category) FROM events")).scalar() == 7
+        sessions = conn.execute(text("SELECT MAX(LENGTH(session_id)) FROM events")).scalar()
+        assert sessions == 49

@@ -80,11 +80,9 @@ class SegmentStats:
             "status": self.status,
             "profiles": [[round(float(v), 6) for v in p] for p in self.profiles[-15:]],
             "pending": int(self.pending),
-            "behaviour": [[round(float(v), 6) for v in b] for b in self.behaviour[-15:]],
-            # JSON has no NaN (PostgreSQL's json type rejects it): a missing share is null.
-            "high_share": [
-                None if math.isnan(float(v)) else round(float(v), 6) for v in self.high_share[-15:]
-            ],
+            # JSON has no NaN (PostgreSQL's json type rejects it): a missing value is null.
+            "behaviour": [[_json_num(v) for v in b] for b in self.behaviour[-15:]],
+            "high_share": [_json_num(v) for v in self.high_share[-15:]],
             "follow": dict(self.follow),
         }
 
@@ -107,6 +105,12 @@ class SegmentStats:
             high_share=[_num(v) for v in d.get("high_share", [])],
             follow=dict(d.get("follow") or {}),
         )
+
+
+def _json_num(v: Any) -> float | None:
+    """A number for JSON, rounded to 6 places; NaN as ``None`` (null)."""
+    f = float(v)
+    return None if math.isnan(f) else round(f, 6)
 
 
 def _num(v: Any) -> float:

@@ -55,6 +55,8 @@ def _column(values: Any, kind: str) -> tuple[np.ndarray | pa.Array, np.ndarray |
         return np.ascontiguousarray(values, dtype=np.uint8), None
     if kind == "text":
         arr = pa.array(values, from_pandas=True, type=pa.large_string())
+        if isinstance(arr, pa.ChunkedArray):  # pandas text backed by several Arrow chunks
+            arr = arr.combine_chunks()
         return pc.cast(arr, pa.binary()), None
     ser = values if isinstance(values, pd.Series) else pd.Series(values)
     if kind == "timestamptz":
