@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from automation.config import Settings
 from automation.errors import EmptyInputError, InputError
@@ -296,6 +296,21 @@ def test_out_of_order_blocks_and_overlap_accounted(engine: Engine, tmp_path: Pat
         assert conn.execute(text("SELECT SUM(n_events) FROM user_stats")).scalar() == 100_000
         n_batches = conn.execute(text("SELECT COUNT(*) FROM ingest_batches")).scalar()
         assert n_batches is not None and n_batches > 3
+        _assert_aggregates_recomputed(conn)
+
+
+def _assert_aggregates_recomputed(conn: Connection) -> None:
+    """Every running aggregate equals a recompute from the stored events."""
+    for table, select, keys in (
+        ("user_stats", stats_select("events"), "user_key"),
+        ("user_orders", orders_select("events"), "user_key, order_id"),
+        ("user_items", items_select("events"), "user_key, item_key"),
+        ("user_categories", categories_select("events"), "user_key, category"),
+    ):
+        cols = ", ".join(UPSERT_COLUMNS[table])
+        stored = read_frame(conn, f"SELECT {cols} FROM {table} ORDER BY {keys}")
+        recomputed = read_frame(conn, f"SELECT {cols} FROM ({select}) AS r ORDER BY {keys}")
+        pd.testing.assert_frame_equal(stored, recomputed, check_dtype=False, rtol=1e-9)
 
 
 def test_windows_of_blocks_fold_the_aggregates_exactly(engine: Engine, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from automation.features.partials import (
 )
 from automation.ingest.keys import KeyCache, attribute_marks
 from automation.store.bulk import create_temp_like, ids_to_hex, write_frame
-from automation.store.pgcopy import Encoder, copy_binary, join_rows
+from automation.store.pgcopy import Encoder, copy_binary, join_rows, stream
 
 # Fixed 16-byte keys for pandas' SipHash row hashing: derived ids are stable across runs.
 _K1 = "shoal-event-id-1"
@@ -274,7 +274,9 @@ def load_batch(
     Call after :func:`open_window`, under the ingest lock, so no other writer adds events meanwhile.
     When every id of the block sorts after the largest stored id (the usual case: ids are
     time-prefixed and new events are newer), no stored event can be a duplicate: on PostgreSQL the
-    block is copied straight into ``events``, elsewhere the check is skipped. Otherwise stored
+    block is copied straight into ``events``, elsewhere the check is skipped. On PostgreSQL a block
+    with older ids (a file not in time order, a late batch) is still copied straight in when none
+    of those ids is stored (one join of the older ids against the primary key). Otherwise stored
     duplicates are removed from the stage first.
     """
     acc = prep.acc
@@ -295,6 +297,9 @@ def load_batch(
     }
     largest = _largest_stored_id(conn)
     newer = largest is None or prep.min_id > largest
+    if pg and not newer and prep.partials is not None:
+        assert largest is not None
+        newer = not _any_stored(conn, prep.ids, largest)
     coupons = _stage_coupons(conn, prep, tail["user_key"])
     dup_stored = 0
     direct = pg and newer and prep.partials is not None
@@ -332,6 +337,27 @@ def load_batch(
         window.flush()
         fold_into_aggregates(conn, "_stage_events")
     return Loaded(inserted, prep.dup_in_batch + dup_stored)
+
+
+def _any_stored(conn: Connection, ids: np.ndarray, largest: bytes) -> bool:
+    """Whether any of ``ids`` (an (n, 16) uint8 array) is stored; only those that do not sort
+    after ``largest``, the largest stored id, can be (PostgreSQL)."""
+    hi = np.ascontiguousarray(ids[:, :8]).view(">u8").ravel()
+    lo = np.ascontiguousarray(ids[:, 8:]).view(">u8").ravel()
+    top_hi = int.from_bytes(largest[:8], "big")
+    top_lo = int.from_bytes(largest[8:], "big")
+    older = (hi < top_hi) | ((hi == top_hi) & (lo <= top_lo))
+    create_temp_like(conn, "_stage_ids", "event_id uuid")
+    copy_binary(
+        conn,
+        "_stage_ids",
+        ["event_id"],
+        stream(Encoder({"event_id": ids[older]}, {"event_id": "uuid"})),
+    )
+    found = conn.execute(
+        text("SELECT EXISTS (SELECT 1 FROM _stage_ids s JOIN events e USING (event_id))")
+    ).scalar_one()
+    return bool(found)
 
 
 def _drop_stored(conn: Connection, table: str) -> int:
