@@ -170,39 +170,12 @@ def aggregate_upserts(source: str) -> list[str]:
     ]
 
 
-_EARLIEST = ("first_ts", "first_purchase_ts", "ts")
-
-
-def _combined(name: str) -> str:
-    """Select expressions folding several rows of one key into one (the upsert's arithmetic)."""
-    keys = _KEYS[name].split(", ")
-    exprs = [
-        c
-        if c in keys
-        else f"MIN({c})"
-        if c in _EARLIEST
-        else f"MAX({c})"
-        if c.endswith("_ts")
-        else f"SUM({c})"
-        for c in UPSERT_COLUMNS[name]
-    ]
-    return ", ".join(exprs)
-
-
-def grouped_upserts(tables: dict[str, str]) -> list[str]:
-    """Fold pre-aggregated rows (aggregate name -> table of its upsert columns, several rows per
-    key allowed) into the aggregates: rows of users whose key is above ``:floor`` (users without
-    aggregate rows yet) are inserted as they are, the others upserted."""
-    out = []
-    for name, table in tables.items():
-        keys = _KEYS[name]
-        grouped = (
-            f"SELECT {_combined(name)} FROM {table} WHERE user_key {{}} :floor GROUP BY {keys}"
-        )
-        cols = ", ".join(UPSERT_COLUMNS[name])
-        out.append(f"INSERT INTO {name} ({cols}) {_sorted(grouped.format('>'), keys)}")
-        out.append(upsert(name, _sorted(grouped.format("<="), keys)))
-    return out
+def upsert_from(name: str, table: str) -> str:
+    """Upsert of pre-aggregated rows (one per key) from ``table``, in key order."""
+    return upsert(
+        name,
+        f"SELECT {', '.join(UPSERT_COLUMNS[name])} FROM {table} WHERE TRUE ORDER BY {_KEYS[name]}",
+    )
 
 
 def fold_into_aggregates(conn: Connection, source: str) -> None:

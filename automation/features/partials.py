@@ -13,11 +13,9 @@ database keys are attached at fold time, once the block's users and items are up
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from sqlalchemy import Connection, text
 
 from automation.features.aggregates import (
@@ -25,10 +23,10 @@ from automation.features.aggregates import (
     ITEM_COLUMNS,
     STATS_COLUMNS,
     UPSERT_COLUMNS,
-    grouped_upserts,
+    upsert_from,
 )
 from automation.store.bulk import create_temp_like
-from automation.store.pgcopy import Encoder, copy_binary, join_rows, stream
+from automation.store.pgcopy import Encoder, copy_binary, stream
 
 _COUNTED = {"view": "n_views", "cart": "n_carts", "remove": "n_removes"}
 _TYPES = {
@@ -58,15 +56,6 @@ _SQL_TYPES = {
 
 
 @dataclass
-class Encoded:
-    """One aggregate's rows of a block as binary ``COPY`` rows, all but the database keys."""
-
-    head: list[pa.Array]  # row arrays (see :meth:`Encoder.chunks`) of ``names``
-    names: list[str]  # the columns encoded, in order
-    codes: dict[str, np.ndarray]  # key column (user_key, item_key) -> each row's code
-
-
-@dataclass
 class Partials:
     """Grouped rows per aggregate; ``user``/``item`` columns hold codes into the id arrays."""
 
@@ -76,7 +65,6 @@ class Partials:
     orders: pd.DataFrame  # user, order_id, ts, revenue, n_lines
     items: pd.DataFrame  # user, item, n_purchases, n_refunds, quantity, revenue, last_ts
     categories: pd.DataFrame  # user, category, n_views, n_carts, n_purchases
-    encoded: dict[str, Encoded] | None = None  # the rows encoded for COPY (encode_partials)
 
 
 def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -200,51 +188,45 @@ def block_partials(
     return Partials(user_ids, item_ids, stats, orders, items, categories)
 
 
-def encode_partials(part: Partials) -> dict[str, Encoded]:
-    """Encode every aggregate's rows but their keys: work for the helper thread, so that the
-    database thread only appends the keys (:meth:`Window.add`)."""
+def keyed_rows(
+    part: Partials, user_keys: np.ndarray, item_keys: np.ndarray
+) -> dict[str, pd.DataFrame]:
+    """The partials with database keys, as the rows each aggregate's upsert takes."""
     stats = part.stats
     orders, items, cats = part.orders, part.items, part.categories
-    tables: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {
-        "user_stats": (
+    return {
+        "user_stats": pd.DataFrame(
             {
+                "user_key": user_keys,
                 **{c: _utc(stats[c]) for c in stats if c.endswith("_ts")},
                 **{c: stats[c] for c in STATS_COLUMNS},
-            },
-            {"user_key": np.arange(len(part.user_ids), dtype=np.int64)},
+            }
         ),
-        "user_orders": (
+        "user_orders": pd.DataFrame(
             {
+                "user_key": user_keys[orders["user"].to_numpy()],
                 "order_id": orders["order_id"].to_numpy(),
                 "ts": _utc(orders["ts"].to_numpy()),
                 "revenue": orders["revenue"].to_numpy(),
                 "n_lines": orders["n_lines"].to_numpy().astype("int64"),
-            },
-            {"user_key": orders["user"].to_numpy()},
+            }
         ),
-        "user_items": (
+        "user_items": pd.DataFrame(
             {
+                "user_key": user_keys[items["user"].to_numpy()],
+                "item_key": item_keys[items["item"].to_numpy()],
                 **{c: items[c].to_numpy() for c in ITEM_COLUMNS},
                 "last_ts": _utc(items["last_ts"].to_numpy()),
-            },
-            {"user_key": items["user"].to_numpy(), "item_key": items["item"].to_numpy()},
+            }
         ),
-        "user_categories": (
+        "user_categories": pd.DataFrame(
             {
+                "user_key": user_keys[cats["user"].to_numpy()],
                 "category": cats["category"].to_numpy(),
                 **{c: cats[c].to_numpy() for c in CATEGORY_COLUMNS},
-            },
-            {"user_key": cats["user"].to_numpy()},
+            }
         ),
     }
-    out = {}
-    for name, (columns, codes) in tables.items():
-        if len(next(iter(codes.values()))) == 0:
-            continue
-        types = stage_types(name)
-        head = Encoder(columns, types, fields=len(columns) + len(codes)).chunks()
-        out[name] = Encoded(head, list(columns), codes)
-    return out
 
 
 def _copy(
@@ -257,34 +239,55 @@ def _copy(
 # ``batch_users`` is copied into directly: its own column types (``n_events`` is an integer).
 _BATCH_TYPES = {"batch_id": "int4", "user_key": "int8", "n_events": "int4"}
 _KEY_COLUMNS = ("user_key", "order_id", "item_key", "category")
+_EARLIEST = ("first_ts", "first_purchase_ts", "ts")
 
 
-def stage_types(name: str) -> dict[str, str]:
-    """Column types of an aggregate's staged rows: counts as ``int4`` (summed into ``int8``)."""
-    return {c: _TYPES.get(c, "int8" if c in _KEY_COLUMNS else "int4") for c in UPSERT_COLUMNS[name]}
+def table_types(name: str) -> dict[str, str]:
+    """Binary ``COPY`` types of an aggregate's columns, as its table declares them."""
+    wide = name == "user_stats"  # its counters are bigint; the others' are integer
+    return {
+        c: _TYPES.get(c, "int8" if wide or c in _KEY_COLUMNS else "int4")
+        for c in UPSERT_COLUMNS[name]
+    }
+
+
+def _combine(name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Several blocks' rows of one aggregate as one row per key (the upsert's arithmetic)."""
+    if len(frames) == 1:  # a block's rows are grouped already
+        return frames[0]
+    rows = pd.concat(frames, ignore_index=True)
+    keys = [c for c in UPSERT_COLUMNS[name] if c in _KEY_COLUMNS]
+    how = {
+        c: ("min" if c in _EARLIEST else "max" if c.endswith("_ts") else "sum")
+        for c in UPSERT_COLUMNS[name]
+        if c not in keys
+    }
+    return rows.groupby(keys, sort=False).agg(how).reset_index()
 
 
 class Window:
     """Aggregate rows of the blocks of one transaction, folded together.
 
-    Each block's rows are copied into a temporary table per aggregate as they come; :meth:`flush`
-    (at the end of the window, and before coupons are redeemed) groups them by key in the
-    database and folds them in with one statement per aggregate. A user seen in every block of a
-    window is folded once, not once per block. Users created in this window and not folded yet
-    (keys above ``floor``, the largest ``users.id`` when the window opened or last flushed) have
-    no aggregate rows: theirs are inserted without conflict handling, the rest upserted.
-    ``batch_users`` rows, new for every batch, are copied in at once.
+    Each block's rows (with their database keys) are kept in memory as they come; :meth:`flush`
+    (at the end of the window, before coupons are redeemed, and past ``max_rows`` rows) combines
+    them to one row per key, so a user seen in every block of a window is folded once, not once
+    per block. Users created in this window and not folded yet (keys above ``floor``, the
+    largest ``users.id`` when the window opened or last flushed) have no aggregate rows: theirs
+    are copied straight into the aggregate tables; the others go through a temporary table and
+    one upsert per aggregate. ``batch_users`` rows, new for every batch, are copied in at once.
     """
 
-    def __init__(self, conn: Connection, floor: int) -> None:
+    def __init__(self, conn: Connection, floor: int, max_rows: int = 8_000_000) -> None:
         self.conn = conn
         self.floor = floor
-        self.staged: dict[str, str] = {}  # aggregate -> temporary table holding its rows
+        self.max_rows = max_rows
+        self.pending: dict[str, list[pd.DataFrame]] = {}
+        self.rows = 0
 
     def add(
         self, part: Partials, user_keys: np.ndarray, item_keys: np.ndarray, batch_id: int
     ) -> None:
-        """Stage one block's partials; ``user_keys``/``item_keys``: the key of each code."""
+        """Take one block's partials; ``user_keys``/``item_keys``: the key of each code."""
         batch = pd.DataFrame(
             {
                 "batch_id": np.full(len(user_keys), batch_id, dtype=np.int64),
@@ -293,31 +296,30 @@ class Window:
             }
         )
         _copy(self.conn, "batch_users", batch, UPSERT_COLUMNS["batch_users"], _BATCH_TYPES)
-        encoded = part.encoded if part.encoded is not None else encode_partials(part)
-        for name, enc in encoded.items():
-            table = self.staged.get(name)
-            types = stage_types(name)
-            if table is None:
-                table = f"_part_{name}"
-                create_temp_like(
-                    self.conn,
-                    table,
-                    ", ".join(f"{c} {_SQL_TYPES[types[c]]}" for c in UPSERT_COLUMNS[name]),
-                )
-                self.staged[name] = table
-            keys = {
-                col: (user_keys if col == "user_key" else item_keys)[codes]
-                for col, codes in enc.codes.items()
-            }
-            body = join_rows(enc.head, Encoder(keys, types, fields=0))
-            copy_binary(self.conn, table, [*enc.names, *keys], body)
+        for name, frame in keyed_rows(part, user_keys, item_keys).items():
+            if len(frame):
+                self.pending.setdefault(name, []).append(frame)
+                self.rows += len(frame)
+        if self.rows >= self.max_rows:
+            self.flush()
 
     def flush(self) -> None:
-        """Fold every staged row into the aggregates."""
-        if self.staged:
-            for statement in grouped_upserts(self.staged):
-                self.conn.execute(text(statement), {"floor": self.floor})
-            self.staged = {}  # the tables are emptied when next used
+        """Fold every pending row into the aggregates."""
+        for name, frames in self.pending.items():
+            rows = _combine(name, frames)
+            names = UPSERT_COLUMNS[name]
+            types = table_types(name)
+            fresh = rows["user_key"].to_numpy() > self.floor
+            _copy(self.conn, name, rows[fresh], names, types)
+            if not fresh.all():
+                table = f"_part_{name}"
+                create_temp_like(
+                    self.conn, table, ", ".join(f"{c} {_SQL_TYPES[types[c]]}" for c in names)
+                )
+                _copy(self.conn, table, rows[~fresh], names, types)
+                self.conn.execute(text(upsert_from(name, table)))
+        self.pending = {}
+        self.rows = 0
         self.floor = largest_user_key(self.conn)
 
 

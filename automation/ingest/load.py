@@ -30,7 +30,6 @@ from automation.features.partials import (
     Partials,
     Window,
     block_partials,
-    encode_partials,
     largest_user_key,
 )
 from automation.ingest.keys import KeyCache, attribute_marks
@@ -236,7 +235,6 @@ def prepare_batch(acc: pd.DataFrame, non_product: object | None, binary: bool = 
         prep.partials = block_partials(
             acc, order, (prep.user_code, user_ids), (prep.item_code, item_ids)
         )
-        prep.partials.encoded = encode_partials(prep.partials)
     return prep
 
 

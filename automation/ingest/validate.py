@@ -101,7 +101,7 @@ def parse_timestamps(col: pd.Series, timezone: str) -> tuple[pd.Series, np.ndarr
             parsed = None
         if parsed is not None:
             values = parsed.to_pandas().astype("datetime64[us, UTC]")
-            return pd.Series(values.to_numpy(), index=col.index, dtype=values.dtype), ambiguous
+            return values.set_axis(col.index), ambiguous
     out = pd.Series(pd.NaT, index=col.index, dtype="datetime64[us, UTC]")
     is_num = s.str.fullmatch(_NUMBER).fillna(False).to_numpy(dtype=bool)
     if is_num.any():
