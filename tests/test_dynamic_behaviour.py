@@ -61,12 +61,12 @@ def test_half_of_a_segment_buying_dearer_splits_off() -> None:
 
 def test_increments_are_what_a_user_did_since_the_stored_row() -> None:
     cols = ["frequency", "avg_order_value", "monetary", "n_views", "n_carts", "cart_to_purchase"]
-    old = pd.DataFrame([[2, 10.0, 20.0, 8, 2, 1.0], [np.nan] * 6], columns=cols)
-    new = pd.DataFrame([[3, 40.0, 90.0, 12, 3, 1.0], [1, 5.0, 5.0, 2, 1, 1.0]], columns=cols)
+    old = pd.DataFrame([[2, 10.0, 20.0, 8, 4, 1.0], [np.nan] * 6], columns=cols)
+    new = pd.DataFrame([[3, 40.0, 90.0, 12, 5, 1.0], [1, 5.0, 5.0, 2, 1, 1.0]], columns=cols)
     counts = increments(old, new)
-    # 120 - 20 gross, 30 refunded, one line bought; before: 20 over two lines
+    # 120 - 20 gross, 30 refunded, one line bought; before: 20 over four lines
     assert counts[0, :6].tolist() == [4.0, 1.0, 1.0, 100.0, 30.0, 1.0]
-    assert counts[0, 6] == pytest.approx(np.log(21 / 2))
+    assert counts[0, 6] == pytest.approx(np.log(21 / 4))
     assert np.isnan(counts[1, 6]) and counts[1, :6].tolist() == [2.0, 1.0, 1.0, 5.0, 0.0, 1.0]
     change = value_changes(counts)
     assert change[0] > 1.0 and np.isnan(change[1])

@@ -13,10 +13,9 @@ has one or two events a day) and, per buyer, today's spend per purchased line ag
   updates') and ``merge_z`` standard deviations under it. The smaller is absorbed.
 - **split** (:func:`value_split`): a segment part of whose buyers now spend much more per bought
   line than they used to (dearer items, not fuller baskets): the share of today's returning
-  buyers whose spend per line rose ``split_value_gap`` (log units) above their own usual jumped
-  (``split_share`` and ``split_z`` binomial errors) in each of the last two updates. Those buyers
-  get a new id; the new segment keeps the rule and collects the parent's active members who buy
-  like that in later updates.
+  buyers whose spend per line rose ``split_value_gap`` (log units) above their own usual rose
+  in each of the last two updates, by ``split_share`` and ``split_z`` errors on their mean. Those buyers get a new id; the new segment keeps the rule and collects
+  the parent's active members who buy like that in later updates.
 """
 
 from __future__ import annotations
@@ -42,7 +41,9 @@ __all__ = [
 PROFILE = ("carts_per_view", "orders_per_cart", "order_value", "refund_share", "views_per_active")
 """The pooled behaviour profile of a segment's active members (log ratios of sums)."""
 
-COUNTS = ("views", "carts", "orders", "gross", "refunds")
+COUNTS = ("views", "carts", "orders", "gross", "refunds", "lines")
+MIN_LINES = 3
+"""Lines bought before a user's usual spend per line is trusted (one or two lines are noise)."""
 
 
 @dataclass
@@ -55,7 +56,7 @@ class BehaviourPolicy:
     merge_z: float = 5.0
     merge_gap: float = 3.0  # deviations: every compared feature this close in both updates
     split_value_gap: float = 1.2
-    split_share: float = 0.1
+    split_share: float = 0.07
     split_z: float = 4.0
 
 
@@ -75,10 +76,12 @@ def _counts(frame: pd.DataFrame) -> np.ndarray:
 def increments(old: pd.DataFrame, new: pd.DataFrame) -> np.ndarray:
     """Per row: views, carts, orders, gross revenue, refunded value and purchased lines between
     the two frames (same index and columns; an unknown user's old row is ``NaN``: everything is
-    new), and the log of the user's spend per purchased line before (``NaN`` without any)."""
+    new), and the log of the user's spend per purchased line before (``NaN`` with fewer than
+    :data:`MIN_LINES`)."""
     before = _counts(old)
     counts = np.clip(_counts(new) - before, 0, None)
-    return np.column_stack([counts, _per_line(before)])
+    usual = np.where(before[:, 5] >= MIN_LINES, _per_line(before), np.nan)
+    return np.column_stack([counts, usual])
 
 
 def _per_line(counts: np.ndarray) -> np.ndarray:
@@ -165,17 +168,21 @@ def high_value_share(changes: np.ndarray, p: BehaviourPolicy) -> float | None:
 
 
 def value_split(shares: list[float], n_buyers: int, p: BehaviourPolicy) -> dict[str, Any] | None:
-    """Whether the high-value share (``shares``, newest last: today) jumped in the last two
-    updates against the previous ones; the evidence, or ``None``."""
+    """Whether the high-value share (``shares``, newest last: today) rose in the last two updates
+    against the previous ones: each by half of ``split_share``, their mean by ``split_share``
+    and ``split_z`` errors (the larger of the reference's day-to-day deviation and the binomial
+    error, for two updates' buyers); the evidence, or ``None``."""
     arr = np.asarray(shares[-(p.window + 2) :], dtype=np.float64)
     past, recent = arr[:-2], arr[-2:]
     past = past[~np.isnan(past)]
     if len(past) < p.history or np.isnan(recent).any():
         return None
-    base = float(past.mean())
-    err = max(float(past.std(ddof=1)), math.sqrt(max(base, 0.01) * (1 - base) / max(n_buyers, 1)))
-    z = (recent - base) / err
-    if (recent - base < p.split_share).any() or (z < p.split_z).any():
+    base, rise = float(past.mean()), float(recent.mean() - past.mean())
+    if (recent < base + p.split_share / 2).any():  # both updates, not one outlier
+        return None
+    binomial = math.sqrt(max(base, 0.01) * (1 - base) / max(2 * n_buyers, 1))
+    z = rise / max(float(past.std(ddof=1)) / math.sqrt(2), binomial)
+    if rise < p.split_share or z < p.split_z:
         return None
     return {"high_value_share": {"before": round(base, 3), "after": [round(float(x), 3) for x in recent],
-            "z": round(float(z[-1]), 1)}, "buyers": int(n_buyers)}  # fmt: skip
+            "z": round(z, 1)}, "buyers": int(n_buyers)}  # fmt: skip
