@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,9 +59,7 @@ class ServiceState:
     snapshot: Any = None  # lookup.Snapshot of the newest version, loaded by the folder
     last_ingest: float = 0.0  # monotonic time of the newest ingest request
     last_refit: float = 0.0  # monotonic time the recommender was last refitted
-    # When the folder last refitted the segments (monotonic): the service's start counts as one,
-    # so a stream of ingest right after start does not wait for a refit either.
-    last_segment_refit: float = field(default_factory=time.monotonic)
+    last_segment_refit: float = 0.0  # monotonic time the folder last refitted the segments
     refit_pending: bool = False  # a refit the drift check asked for, held back under ingest
     last_fold: float = 0.0  # monotonic time of the last fold
     fold_seconds: float = 0.0  # how long the last fold took
