@@ -5,9 +5,7 @@ Every ``SHOAL_FOLD_MS`` (default 1 s), or at once when an ingest request wakes i
 - with the embedded default (no broker), pending ingest batches are folded into the live
   segmentation (``run_update``; the first fit when there is none yet), then the campaigns run
   (under continuous ingest every ``FOLD_EVERY`` seconds, less often when folds are slow, so
-  that folding takes at most ``FOLD_SHARE`` of the time, and at least every ``FOLD_LATEST``;
-  a refit the drift check asks for is held back to one per ``SEGMENT_REFIT_EVERY`` while ingest
-  streams in, and runs as soon as that allows);
+  that folding takes at most ``FOLD_SHARE`` of the time, and at least every ``FOLD_LATEST``);
   with a broker, the API enqueues ``shoal.update`` instead and the workers do it;
 - when the store changed (a new ingest batch or segmentation version), the recommender is
   refitted from the store and swapped in (once ingest has been quiet for a moment, or at least
@@ -33,10 +31,6 @@ FOLD_LATEST = 4.0  # ... and a fold waits no longer than this (API freshness wit
 CAMPAIGNS_EVERY = 30.0  # embedded: campaigns and dispatch at least this often
 QUIET_SECONDS = 1.5  # refit the recommender once ingest has been quiet this long
 REFIT_EVERY = 60.0  # ... or at least this often under continuous ingest
-# Embedded: a refit the drift check asks for runs at once when ingest is quiet; under a stream of
-# ingest at most once per this many seconds (a refit selects K anew: seconds of CPU the ingest
-# requests would wait for); one asked for meanwhile runs when allowed, never lost.
-SEGMENT_REFIT_EVERY = 300.0
 
 
 def store_mark(state: ServiceState) -> tuple[int, int, int]:
@@ -61,19 +55,10 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
     busy = now - state.last_ingest < FOLD_QUIET and now - state.last_fold < every
     if embedded and not busy:
         state.last_fold = now
-        streaming = now - state.last_ingest < FOLD_QUIET + FOLD_LATEST
-        refit_ok = not streaming or now - state.last_segment_refit >= SEGMENT_REFIT_EVERY
         try:
-            out = api.update(state.engine, settings=state.settings, refit_on_drift=refit_ok)
-            if out.get("refit_recommended") and not out.get("refit"):
-                state.refit_pending = True
-            if state.refit_pending and refit_ok and not out.get("refit"):
-                out["refit"] = api.segment(state.engine).to_dict()
+            out = api.update(state.engine, settings=state.settings)
         except EmptyStoreError:
             out = {}
-        if out.get("refit"):
-            state.last_segment_refit = now
-            state.refit_pending = False
         state.fold_seconds = time.monotonic() - now
         if out.get("version") or out.get("refit"):
             did["update"] = out.get("version") or out["refit"]["version"]

@@ -59,8 +59,6 @@ class ServiceState:
     snapshot: Any = None  # lookup.Snapshot of the newest version, loaded by the folder
     last_ingest: float = 0.0  # monotonic time of the newest ingest request
     last_refit: float = 0.0  # monotonic time the recommender was last refitted
-    last_segment_refit: float = 0.0  # monotonic time the folder last refitted the segments
-    refit_pending: bool = False  # a refit the drift check asked for, held back under ingest
     last_fold: float = 0.0  # monotonic time of the last fold
     fold_seconds: float = 0.0  # how long the last fold took
     last_campaigns: float = 0.0  # monotonic time campaigns last ran in this process
