@@ -253,7 +253,7 @@ def _in_behaviour(st: _Step, counts: np.ndarray) -> None:
         s.behaviour = [*s.behaviour[-bp.window - 2 :], prof]
         evidence = value_split(s.high_share, len(v), bp) if share is not None else None
         members = rows[mask & high]
-        if evidence is None or len(members) < st.min_size or mask.sum() < 2 * st.min_size:
+        if evidence is None or len(members) < st.p.birth_min_size or mask.sum() < 2 * st.min_size:
             continue
         child = st.child(members)
         lab[mask & high] = child
