@@ -119,3 +119,18 @@ def test_changed_item_attributes_reach_the_store(engine: Engine, tmp_path: Path)
     with engine.connect() as conn:
         events = pd.read_sql(text("SELECT item_key FROM events"), conn)
     assert events["item_key"].nunique() == 1
+
+
+def test_a_full_cache_starts_over(engine: Engine, tmp_path: Path) -> None:
+    keys = KeyCache(max_keys=3)
+    _commit(
+        engine,
+        tmp_path,
+        "a.csv",
+        [f"u{i},view,{1700000000 + i},i{i},,c,2.0,," for i in range(3)],
+        keys,
+    )
+    assert len(keys.users.known) == 3  # 6 keys held: more than 3
+    _commit(engine, tmp_path, "b.csv", ["u9,view,1700000100,i1,,c,2.0,,"], keys)
+    assert set(keys.users.known) == {"u9"} and set(keys.items.known) == {"i1"}
+    assert _orphans(engine) == 0

@@ -142,17 +142,21 @@ class KeyCache:
     :meth:`rollback`): threads sharing a cache (the service) then take turns.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_keys: int = 2_000_000) -> None:
         self.lock = threading.Lock()
+        self.max_keys = max_keys
         self.users = KeyMap("users")
         self.items = KeyMap("items", ITEM_UPDATE)
         self.erasures: int | None = None
 
     def check(self, conn: Connection) -> None:
-        """Start of a transaction, under the ingest lock: forget all if a user was erased since."""
+        """Start of a transaction, under the ingest lock: forget all if a user was erased since
+        (or when more than ``max_keys`` keys are held: a long-running service's memory stays
+        bounded, at the price of learning the keys again)."""
         count = conn.execute(text("SELECT count FROM locks WHERE name = 'erasure'")).scalar()
         erasures = int(count or 0)
-        if erasures != self.erasures:
+        held = len(self.users.known) + len(self.items.known)
+        if erasures != self.erasures or held > self.max_keys:
             self.users.clear()
             self.items.clear()
             self.erasures = erasures
