@@ -29,6 +29,7 @@ from typing import Any
 import common
 import numpy as np
 import pandas as pd
+import probes
 from river import cluster as rcluster
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -278,8 +279,8 @@ def run_scale(args: Any, url: str, tmp: Path) -> dict[str, Any]:
     res, out["first_refit_s"] = timed(api.segment, engine, k=args.k, seed=args.seed)
     out["k"] = res.k
     api.ingest(engine, [tmp / "day.parquet"])
-    probe = common.Probe()
-    common.install_probes(probe, UPDATE_PROBES)
+    probe = probes.Probe()
+    probes.install_probes(probe, UPDATE_PROBES)
     upd, out["update_s"] = timed(run_update, engine)
     probe.restore()
     out["breakdown"] = probe.rows(0.01)
@@ -358,7 +359,7 @@ def print_scale(s: dict[str, Any]) -> None:
         ["update (1 day, ~1% touched)", s["update_s"]], ["full refit (same k)", s["refit_s"]],
         ["update / refit", s["ratio"]],
         ["snapshot read by another process", s.get("cold_load_s")]])  # fmt: skip
-    common.print_breakdown("update breakdown", s["breakdown"], s["update_s"])
+    probes.print_breakdown("update breakdown", s["breakdown"], s["update_s"])
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import common
 import pandas as pd
+import probes
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
@@ -36,12 +37,12 @@ def run_shoal(url: str, label: str, breakdown: bool) -> dict[str, Any]:
     engine = api.connect(url)
     stages["connect+migrate"] = time.perf_counter() - t
     out["rss_mb"]["connect"] = common.peak_rss_mb()
-    probe = common.Probe()
+    probe = probes.Probe()
     if breakdown:
         import automation.ingest.run as run_mod
 
         probe.wrap_generator_source(run_mod, "read_file", "read+parse CSV")
-        common.install_probes(probe, common.INGEST_PROBES)
+        probes.install_probes(probe, probes.INGEST_PROBES)
         probe.watch_sql()
     try:
         common.log(f"{label}: ingest")
@@ -54,7 +55,7 @@ def run_shoal(url: str, label: str, breakdown: bool) -> dict[str, Any]:
         probe.restore()
         probe.reset()
         if breakdown:
-            common.install_probes(probe, common.SEGMENT_PROBES)
+            probes.install_probes(probe, probes.SEGMENT_PROBES)
             probe.watch_sql()
         common.log(f"{label}: segment k=auto")
         t = time.perf_counter()
@@ -213,13 +214,13 @@ def print_report(res: dict[str, Any]) -> None:
     print(f"\npeak RSS of the process: {res['peak_rss_mb']:.0f} MiB")
     for r in runs:
         if r.get("ingest_breakdown"):
-            common.print_breakdown(
+            probes.print_breakdown(
                 f"Shoal ingest breakdown ({r['database']})",
                 r["ingest_breakdown"],
                 r["stages"]["ingest"],
             )
         if r.get("segment_breakdown"):
-            common.print_breakdown(
+            probes.print_breakdown(
                 f"Shoal segment k=auto breakdown ({r['database']})",
                 r["segment_breakdown"],
                 r["segment_seconds"],

@@ -33,6 +33,7 @@ from typing import Any
 
 import common
 import pandas as pd
+import probes
 import psycopg
 from bare_copy import baseline_copy, keyed_rows
 from sklearn.cluster import KMeans
@@ -96,9 +97,9 @@ def shoal_ingest(url: str, csv_path: Path, profile: Path | None) -> dict[str, An
     import automation.ingest.run as run_mod
 
     engine = api.connect(url)
-    probe = common.Probe()
+    probe = probes.Probe()
     probe.wrap_generator_source(run_mod, "read_file", "read+parse CSV")
-    common.install_probes(probe, common.INGEST_PROBES)
+    probes.install_probes(probe, probes.INGEST_PROBES)
     probe.watch_sql()
     prof = cProfile.Profile() if profile else None
     try:
@@ -160,8 +161,8 @@ def _batch_rates(t0: float, marks: list[tuple[float, int]]) -> dict[str, Any]:
 
 def shoal_segment(url: str, k: str) -> dict[str, Any]:
     engine = api.connect(url)
-    probe = common.Probe()
-    common.install_probes(probe, common.SEGMENT_PROBES)
+    probe = probes.Probe()
+    probes.install_probes(probe, probes.SEGMENT_PROBES)
     probe.watch_sql()
     try:
         t = time.perf_counter()
@@ -400,10 +401,10 @@ def print_report(res: dict[str, Any]) -> None:
         trs.append(["stability ARI", seg["stability_ari"]])
         common.print_table(["stage", "seconds"], trs)
     print(f"\npeak RSS of the process: {res['peak_rss_mb']:.0f} MiB")
-    common.print_breakdown("Shoal ingest breakdown (>= 10 ms)", ing["breakdown"], ing["seconds"])
+    probes.print_breakdown("Shoal ingest breakdown (>= 10 ms)", ing["breakdown"], ing["seconds"])
     for seg in [k8, auto]:
         if seg:
-            common.print_breakdown(
+            probes.print_breakdown(
                 f"Shoal segment k={seg['k_requested']} breakdown (>= 10 ms)",
                 seg["breakdown"],
                 seg["seconds"],
