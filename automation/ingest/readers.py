@@ -129,32 +129,31 @@ def read_csv(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[RawBatch]:
             line += block.count(b"\n")
 
 
-def _parse_block(block: bytes, header: list[str], source: str, first_line: int) -> RawBatch:
-    n_lines = block.count(b"\n")
-    lines = np.arange(first_line, first_line + n_lines, dtype=np.int64)
+def _arrow_csv(block: bytes, header: list[str], kind: pa.DataType) -> pa.Table | None:
+    """The block parsed by Arrow with every column of type ``kind``; ``None`` when Arrow rejects
+    it (a wrong column count; invalid UTF-8 for text) or the row count differs from the line
+    count (blank lines, quoted newlines)."""
     try:
-        # Fastest path: Arrow parses text columns and checks their UTF-8 itself. A block with
-        # invalid UTF-8 raises, and is parsed again below to find the rows at fault.
-        text = pacsv.read_csv(
-            io.BytesIO(block),
-            read_options=pacsv.ReadOptions(column_names=header, use_threads=True),
-            convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in header}),
-        )
-    except pa.ArrowInvalid:
-        text = None
-    if text is not None and text.num_rows == n_lines:
-        return RawBatch(source, text.to_pandas(), lines, [])
-    try:
-        # Fast path: Arrow's parser. A wrong column count raises, and blank lines or quoted
-        # newlines change the row count: such blocks are parsed line by line instead.
         table = pacsv.read_csv(
             io.BytesIO(block),
             read_options=pacsv.ReadOptions(column_names=header, use_threads=True),
-            convert_options=pacsv.ConvertOptions(column_types={h: pa.binary() for h in header}),
+            convert_options=pacsv.ConvertOptions(column_types={h: kind for h in header}),
         )
     except pa.ArrowInvalid:
-        return _parse_block_slow(block, header, source, first_line)
-    if table.num_rows != n_lines:
+        return None
+    return table if table.num_rows == block.count(b"\n") else None
+
+
+def _parse_block(block: bytes, header: list[str], source: str, first_line: int) -> RawBatch:
+    n_lines = block.count(b"\n")
+    lines = np.arange(first_line, first_line + n_lines, dtype=np.int64)
+    # Fastest path: text columns, their UTF-8 checked by Arrow. A block it rejects is parsed as
+    # bytes to find the rows with invalid UTF-8; one that fails that too, line by line.
+    text = _arrow_csv(block, header, pa.string())
+    if text is not None:
+        return RawBatch(source, text.to_pandas(), lines, [])
+    table = _arrow_csv(block, header, pa.binary())
+    if table is None:
         return _parse_block_slow(block, header, source, first_line)
     columns: dict[str, pa.Array] = {}
     bad_rows: set[int] = set()
