@@ -3,7 +3,8 @@
 Blocks are loaded under the ingest lock the caller holds
 (:func:`automation.store.locks.acquire_lock`), one or more per transaction (:func:`open_window`,
 then :func:`load_batch` per block, then the window's ``flush``). Per block, users and items are
-upserted, then the events go in. On PostgreSQL a block whose ids all sort after the largest stored
+keyed (:mod:`automation.ingest.keys`: only ids not seen before are upserted), then the events go
+in. On PostgreSQL a block whose ids all sort after the largest stored
 id cannot hold a stored duplicate (ids are time-prefixed): it is sent with one binary ``COPY``
 straight into ``events``, and its contribution to the running aggregates, grouped in Python while
 the block was prepared (:mod:`automation.features.partials`), is folded in once for all such blocks
@@ -171,11 +172,17 @@ class Prepared:
     partials: Partials | None = None  # the block's aggregate rows (PostgreSQL)
 
 
+def _halves(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 16) uint8 ids as their big-endian high and low 64 bits: they sort as the ids do."""
+    hi = np.ascontiguousarray(ids[:, :8]).view(">u8").ravel()
+    lo = np.ascontiguousarray(ids[:, 8:]).view(">u8").ravel()
+    return hi, lo
+
+
 def _min_id(ids: np.ndarray) -> bytes:
     if len(ids) == 0:
         return b""
-    hi = np.ascontiguousarray(ids[:, :8]).view(">u8").ravel()
-    lo = np.ascontiguousarray(ids[:, 8:]).view(">u8").ravel()
+    hi, lo = _halves(ids)
     first = hi == hi.min()
     row = np.flatnonzero(first)[np.argmin(lo[first])]
     return bytes(ids[row])
@@ -340,8 +347,7 @@ def load_batch(
 def _any_stored(conn: Connection, ids: np.ndarray, largest: bytes) -> bool:
     """Whether any of ``ids`` (an (n, 16) uint8 array) is stored; only those that do not sort
     after ``largest``, the largest stored id, can be (PostgreSQL)."""
-    hi = np.ascontiguousarray(ids[:, :8]).view(">u8").ravel()
-    lo = np.ascontiguousarray(ids[:, 8:]).view(">u8").ravel()
+    hi, lo = _halves(ids)
     top_hi = int.from_bytes(largest[:8], "big")
     top_lo = int.from_bytes(largest[8:], "big")
     older = (hi < top_hi) | ((hi == top_hi) & (lo <= top_lo))
