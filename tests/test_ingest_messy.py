@@ -364,3 +364,20 @@ def test_a_block_parsed_into_several_arrow_chunks(engine: Engine, tmp_path: Path
         assert conn.execute(text("SELECT COUNT(DISTINCT category) FROM events")).scalar() == 7
         sessions = conn.execute(text("SELECT MAX(LENGTH(session_id)) FROM events")).scalar()
         assert sessions == 49
+
+
+def test_several_files_of_several_blocks_in_one_call(engine: Engine, tmp_path: Path) -> None:
+    """Blocks prepared ahead for one file never read from the next: every line of every file
+    is accounted for."""
+    head = b"user_id,type,timestamp,item_id,quantity,price\n"
+    paths = []
+    for f in range(3):
+        rows = [
+            f"u{i % 89},view,{1_700_000_000 + f * 10_000_000 + i * 60},i{i % 31},1,2.5\n".encode()
+            for i in range(40_000)
+        ]
+        paths.append(_write(tmp_path / f"part{f}.csv", head + b"".join(rows)))
+    got = ingest_files(engine, paths, Settings(ingest_block_mb=1))
+    assert (got.read, got.accepted) == (120_000, 120_000)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM events")).scalar() == 120_000

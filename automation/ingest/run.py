@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,20 +260,27 @@ class _Pipeline:
     """A file's blocks, the next ones always being prepared in a helper thread.
 
     While a block is loaded (also across transactions), the helper reads, validates, encodes
-    and groups up to ``ahead`` blocks that come after it.
+    and groups up to ``ahead`` blocks that come after it. The pipeline owns its file's block
+    iterator: work still queued when the file ends reads only that (exhausted) iterator.
     """
 
     def __init__(
         self,
         pool: ThreadPoolExecutor,
-        prepare: Callable[[RawBatch | None], PreparedBlock | None],
+        batches: Iterator[RawBatch],
+        prepare: Callable[[RawBatch], PreparedBlock],
         first: RawBatch,
         ahead: int = 2,
     ) -> None:
         self.pool = pool
+        self.batches = batches
         self.prepare = prepare
-        self.pending = deque([pool.submit(prepare, first)])
-        self.pending.extend(pool.submit(prepare, None) for _ in range(max(0, ahead - 1)))
+        self.pending: deque[Future[PreparedBlock | None]] = deque([pool.submit(prepare, first)])
+        self.pending.extend(pool.submit(self._next) for _ in range(max(0, ahead - 1)))
+
+    def _next(self) -> PreparedBlock | None:
+        raw = next(self.batches, None)
+        return None if raw is None else self.prepare(raw)
 
     @property
     def done(self) -> bool:
@@ -285,7 +293,7 @@ class _Pipeline:
             if block is None:
                 return
             self.pending.popleft()
-            self.pending.append(self.pool.submit(self.prepare, None))
+            self.pending.append(self.pool.submit(self._next))
             yield block
 
 
@@ -322,14 +330,10 @@ def ingest_files(
             plan = plan_columns(list(first.frame.columns), str(path), chosen, map_pairs, set_pairs)
             origin = BatchSource(str(path), preset, {**map_pairs, **set_pairs}, fmt)
 
-            def prepare_next(raw: RawBatch | None) -> PreparedBlock | None:
-                if raw is None:
-                    raw = next(batches, None)  # noqa: B023 - one file at a time
-                if raw is None:
-                    return None
-                return prepare_block(raw, plan, origin, settings, binary)  # noqa: B023
-
-            blocks = _Pipeline(pool, prepare_next, first)
+            prepare = functools.partial(
+                prepare_block, plan=plan, origin=origin, settings=settings, binary=binary
+            )
+            blocks = _Pipeline(pool, batches, prepare, first)
             while not blocks.done:
                 window = blocks.window(settings.ingest_blocks_per_commit)
                 for report in commit_blocks(engine, window, origin, progress, keys):
