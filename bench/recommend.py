@@ -35,8 +35,12 @@ from automation.recommend.hybrid import HybridRecommender
 BASELINES = ("popularity", "segment-popularity", "item-knn", "als")
 MODELS = (*BASELINES, "content", "ease", "hybrid")  # content, ease: reported, not baselines
 METRICS = ("ndcg", "recall", "map", "hit_rate", "coverage", "novelty")
-ABLATIONS: dict[str, dict[str, float]] = {
-    "no segment (prior, re-ranking)": {"w_segment": 0.0, "gamma": 0.0},
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no segment information (every user segmentless)": {},
+    "no segment prior (w_segment, gamma)": {"w_segment": 0.0, "gamma": 0.0},
+    "no learned re-ranker": {"rerank": "none"},
+    "no early-orders prior": {"w_early": 0.0},
+    "no segment trend": {"w_segtrend": 0.0},
     "no content": {"w_content": 0.0},
     "no basket": {"w_basket": 0.0},
     "no EASE": {"w_ease": 0.0},
@@ -98,10 +102,17 @@ def ablation(report: EvaluationReport) -> list[dict[str, Any]]:
         for label, change in {"tuned hybrid": {}, **ABLATIONS}.items():
             if change and all(saved.get(k) == v for k, v in change.items()):
                 continue  # already off in the tuned model
+            ctx = model.context
+            segment_ids = ctx.segment_ids
+            if label.startswith("no segment information"):
+                ctx.segment_ids = segment_ids[:0]  # every user read as segmentless
             model.params.update(change)
-            scored, _ = score_model(model, split, proto, report.k)
-            model.params.clear()
-            model.params.update(saved)
+            try:
+                scored, _ = score_model(model, split, proto, report.k)
+            finally:
+                ctx.segment_ids = segment_ids
+                model.params.clear()
+                model.params.update(saved)
             by_group = {r["users"]: r["ndcg"] for r in scored}
             rows.append({"protocol": proto, "variant": label, **by_group})
     return rows

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from automation.errors import ValidationError
+from automation.recommend import rerank as rerank_module
 from automation.recommend.als import ALSRecommender
 from automation.recommend.base import BATCH_ROWS, Recommender
 from automation.recommend.content import item_texts
@@ -41,6 +42,7 @@ from automation.recommend.context import NO_SEGMENT, csr_arrays, csr_from, disti
 from automation.recommend.data import FloatArray, IntArray, Interactions
 from automation.recommend.ease import ease_weights
 from automation.recommend.knn import anchor_reasons
+from automation.recommend.priors import early_orders, rows_for, segment_trend
 from automation.recommend.sequence import recent_profile, transition_similarity
 from automation.recommend.similarity import (
     cooccurrence_similarity,
@@ -48,7 +50,20 @@ from automation.recommend.similarity import (
     text_similarity,
 )
 
-COMPONENTS = ("repeat", "cf", "basket", "content", "next", "ease", "als", "segment", "trend")
+COMPONENTS = (
+    "repeat",
+    "cf",
+    "basket",
+    "content",
+    "next",
+    "ease",
+    "als",
+    "segment",
+    "trend",
+    "early",
+    "segtrend",
+)
+PRIOR = ("segment", "trend", "early", "segtrend")
 LIFT_CLIP = 4.0
 
 
@@ -66,7 +81,17 @@ class HybridRecommender(Recommender):
         "w_als": 1.0,
         "w_segment": 0.25,
         "w_trend": 0.25,
+        "w_early": 0.0,
+        "w_segtrend": 0.0,
         "shrink": 10.0,
+        "history": "items",
+        "early_half_life": 90.0,
+        "early_rank": 3,
+        "prior_smooth": 50.0,
+        "rerank": "none",
+        "ranker_days": 0.0,
+        "ranker_candidates": 100,
+        "ranker_c": 1.0,
         "gamma": 0.0,
         "cf_k": 200,
         "basket_k": 100,
@@ -100,9 +125,23 @@ class HybridRecommender(Recommender):
             raise ValidationError(f"ease_lambda={p['ease_lambda']} should be > 0")
         if int(p["num_threads"]) < 1:
             raise ValidationError(f"num_threads={p['num_threads']} should be >= 1")
-        anchor = p["anchor_half_life"]
-        if anchor is not None and float(anchor) <= 0:
-            raise ValidationError(f"anchor_half_life={anchor} should be > 0 (or None)")
+        for key in ("anchor_half_life", "early_half_life"):
+            if p[key] is not None and float(p[key]) <= 0:
+                raise ValidationError(f"{key}={p[key]} should be > 0 (or None)")
+        if p["history"] not in ("items", "orders"):
+            raise ValidationError(f"history={p['history']!r} should be 'items' or 'orders'")
+        if p["rerank"] not in ("none", *rerank_module.MODES):
+            raise ValidationError(f"rerank={p['rerank']!r} should be 'none', 'new' or 'all'")
+        if float(p["ranker_days"]) < 0:
+            raise ValidationError(f"ranker_days={p['ranker_days']} should be >= 0 (0: no ranker)")
+        if int(p["ranker_candidates"]) < 1:
+            raise ValidationError(f"ranker_candidates={p['ranker_candidates']} should be >= 1")
+        if float(p["ranker_c"]) <= 0:
+            raise ValidationError(f"ranker_c={p['ranker_c']} should be > 0")
+        if int(p["early_rank"]) < 2:
+            raise ValidationError(f"early_rank={p['early_rank']} should be >= 2")
+        if float(p["prior_smooth"]) < 0:
+            raise ValidationError(f"prior_smooth={p['prior_smooth']} should be >= 0")
         if float(p["trend_half_life"]) <= 0:
             raise ValidationError(f"trend_half_life={p['trend_half_life']} should be > 0")
 
@@ -138,12 +177,40 @@ class HybridRecommender(Recommender):
         )
         self.trend_ = distinct_user_popularity(interactions, float(p["trend_half_life"]))
         self.lift_ = self._lift()
+        n_seg = len(ctx.segment_ids)
+        none = np.zeros((1 + n_seg, ctx.n_items))
+        self.early_ = (
+            early_orders(
+                interactions,
+                ctx.user_segment,
+                n_seg,
+                p["early_half_life"],
+                int(p["early_rank"]),
+                float(p["prior_smooth"]),
+            )
+            if self._wanted("early")
+            else none
+        )
+        self.segtrend_ = (
+            segment_trend(
+                interactions,
+                ctx.user_segment,
+                n_seg,
+                float(p["trend_half_life"]),
+                float(p["prior_smooth"]),
+            )
+            if self._wanted("segtrend")
+            else none
+        )
         self.als_: ALSRecommender | None = None
         self._memo: dict[bytes, dict[str, FloatArray]] | None = None
         if self._wanted("als"):
             self.als_ = self._als_model()
             self.als_.context_ = ctx
             self.als_._fit(interactions)
+        self.ranker_: dict[str, FloatArray] = {}
+        if float(p["ranker_days"]) > 0:
+            self.ranker_ = rerank_module.train(self, interactions, COMPONENTS)
 
     def _wanted(self, component: str) -> bool:
         """Whether a component has weight (so is fitted)."""
@@ -221,6 +288,10 @@ class HybridRecommender(Recommender):
             out["segment"] = seg
         t = self.trend_ / max(float(self.trend_.max(initial=0.0)), 1e-12)
         out["trend"] = np.tile(t, (len(rows), 1))
+        for name in ("early", "segtrend"):
+            prior = getattr(self, f"{name}_")
+            if prior.any():
+                out[name] = rows_for(prior, segments)
         if memo is not None:
             memo[key] = out
         return out
@@ -234,8 +305,14 @@ class HybridRecommender(Recommender):
         return recent_profile(sub, self.params["anchor_half_life"])
 
     def _history(self, rows: IntArray) -> FloatArray:
+        """How much the user has: distinct items, or orders (``history``); 0 when unknown."""
         prof = self.context.profile_rows(rows)
-        return np.diff(prof.indptr).astype(np.float64)
+        items = np.diff(prof.indptr).astype(np.float64)
+        if self.params["history"] != "orders":
+            return items
+        safe = np.where(rows >= 0, rows, 0)
+        orders = np.where(rows >= 0, self.context.n_orders[safe], 0).astype(np.float64)
+        return np.where(items > 0, np.maximum(orders, 1.0), 0.0)
 
     def _blend(
         self,
@@ -256,7 +333,7 @@ class HybridRecommender(Recommender):
             w = float(p[f"w_{c}"])
             if w <= 0:
                 continue
-            part = M * (w * h) if c in ("segment", "trend") else M * w
+            part = M * (w * h) if c in PRIOR else M * w
             total += part
             if keep_parts:
                 parts[c] = part
@@ -268,17 +345,22 @@ class HybridRecommender(Recommender):
         return total, parts
 
     def _scores(self, rows: IntArray, segments: IntArray) -> FloatArray:
-        total, _ = self._blend(rows, segments, self.components(rows, segments))
+        comps = self.components(rows, segments)
+        total, _ = self._blend(rows, segments, comps)
         known = (rows >= 0) & (self._history(rows) > 0)
+        mode = str(self.params["rerank"])
+        ranker = getattr(self, "ranker_", {})
+        if mode != "none" and f"{mode}_coef" in ranker and known.any():
+            k = np.flatnonzero(known)
+            sub = {c: M[k] for c, M in comps.items()}
+            total[k] = rerank_module.rerank(self, rows[k], sub, total[k], ranker, mode, COMPONENTS)
         total[~known] = 0.0  # no history: the base class's prior (segment, else global)
         return total
 
     def prior_scores(self, segments: IntArray) -> FloatArray:
         """Cold start: the segment's popularity and the trend, weighted as tuned."""
         rows = np.full(len(segments), -1, dtype=np.int64)
-        comps = {
-            c: M for c, M in self.components(rows, segments).items() if c in ("segment", "trend")
-        }
+        comps = {c: M for c, M in self.components(rows, segments).items() if c in PRIOR}
         if not comps:
             return super().prior_scores(segments)
         total, _ = self._blend(rows, segments, comps)
@@ -324,6 +406,11 @@ class HybridRecommender(Recommender):
                     why = "matches your taste"
                 elif best == "segment" and seg_name:
                     why = f"popular in segment {seg_name}"
+                elif best == "early":
+                    who = f"{seg_name} customers" if seg_name else "customers"
+                    why = f"what {who} buy when they come back"
+                elif best == "segtrend" and seg_name:
+                    why = f"selling now in segment {seg_name}"
                 else:
                     why = f"trending over the last {trend_days:g} days"
                 if seg_name and len(self.lift_) and self.lift_[s, i] >= 1.5 and best != "segment":
@@ -350,7 +437,13 @@ class HybridRecommender(Recommender):
             self.als_._refresh_users(rows)
 
     def _state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"trend": self.trend_, "lift": self.lift_}
+        out: dict[str, Any] = {
+            "trend": self.trend_,
+            "lift": self.lift_,
+            "early": self.early_,
+            "segtrend": self.segtrend_,
+            **rerank_module.state(self.ranker_),
+        }
         for name in ("cf", "basket", "content", "next", "ease"):
             out.update(csr_arrays(name, getattr(self, f"{name}_")))
         if self.als_ is not None:
@@ -361,6 +454,10 @@ class HybridRecommender(Recommender):
     def _set_state(self, z: Mapping[str, Any]) -> None:
         self.trend_ = z["trend"].astype(np.float64)
         self.lift_ = z["lift"].astype(np.float64)
+        none = np.zeros((1 + len(self.context.segment_ids), self.context.n_items))
+        self.early_ = z["early"].astype(np.float64) if "early" in z else none
+        self.segtrend_ = z["segtrend"].astype(np.float64) if "segtrend" in z else none
+        self.ranker_ = rerank_module.from_state(z)
         self.cf_ = csr_from(z, "cf")
         self.basket_ = csr_from(z, "basket")
         self.content_ = csr_from(z, "content")

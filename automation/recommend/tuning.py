@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from automation.recommend.base import Recommender, Rules
-from automation.recommend.hybrid import HybridRecommender
+from automation.recommend.hybrid import COMPONENTS, HybridRecommender
 from automation.recommend.metrics import ranking_metrics
 from automation.recommend.registry import make_recommender
 from automation.recommend.splits import PROTOCOLS, ProtocolData, SplitData
@@ -50,15 +50,14 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "ease": [
         {"lam": lam, "half_life": hl} for lam in (100.0, 300.0, 1000.0) for hl in (None, 90.0)
     ],
-    "hybrid": [{"half_life": hl} for hl in (None, 90.0)],
+    "hybrid": [{"half_life": hl, "ranker_days": 30.0} for hl in (None, 90.0)],
 }
-HYBRID_STEPS: dict[str, tuple[float, ...]] = {
+HYBRID_STEPS: dict[str, tuple[float | str, ...]] = {
     "w_repeat": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
-    **{
-        f"w_{c}": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-        for c in ("cf", "basket", "content", "next", "ease", "als", "segment", "trend")
-    },
-    "shrink": (0.0, 2.0, 5.0, 10.0, 20.0, 50.0),
+    **{f"w_{c}": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0) for c in COMPONENTS if c != "repeat"},
+    "history": ("items", "orders"),
+    "rerank": ("none", "new", "all"),
+    "shrink": (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0),
     "gamma": (0.0, 0.25, 0.5, 1.0),
 }
 HYBRID_PASSES = 2
@@ -149,7 +148,7 @@ def _tune_hybrid(
     weights: dict[str, dict[str, Any]] = {}
     structures = [{**g, **a} for g in GRIDS["hybrid"] for a in _als_options(als)]
     for params in structures:
-        fit_params = {**params, "w_als": 0.1, "w_ease": 0.1}
+        fit_params = {**params, "w_als": 0.1, "w_ease": 0.1, "w_early": 0.1, "w_segtrend": 0.1}
         model = make_recommender("hybrid", rules, seed, **fit_params).fit(val.train)
         assert isinstance(model, HybridRecommender)
         for proto in PROTOCOLS:
@@ -206,5 +205,5 @@ def _ascend(
                 break
     model.params.clear()
     model.params.update(saved)
-    chosen = {**fixed, **{key: float(v) for key, v in current.items()}}
+    chosen = {**fixed, **{k: v if isinstance(v, str) else float(v) for k, v in current.items()}}
     return chosen, float(np.round(best, 12)), tried
