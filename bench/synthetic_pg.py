@@ -6,7 +6,9 @@ Steps, each timed, with the peak RSS of the process after each:
 2. BASELINE ingest: the same rows, already validated and keyed in memory, sent with a bare binary
    ``COPY`` (psycopg 3) into a table shaped like Shoal's ``events`` (uuid primary key); two
    encoders: an Arrow-vectorised binary encoder, and ``Copy.write_row`` with ``set_types``;
-   the faster one is the baseline;
+   the faster one is the strict baseline; and the bare indexed ``COPY`` of the CSV file as it
+   is (``FORMAT csv``, every column of the file, ``event_id`` the primary key), the kind of
+   ``COPY`` the issue measured (~184k events/s) and set its bar against (>= half its rate);
 3. SHOAL ingest: ``api.ingest`` of the CSV into a fresh schema (with a per-function breakdown);
 4. BASELINE features-to-segments: pandas group-by (recency, frequency, monetary, counts) +
    ``StandardScaler`` + ``KMeans(n_clusters=8, n_init=1, random_state=0)``;
@@ -35,13 +37,13 @@ import common
 import pandas as pd
 import probes
 import psycopg
-from bare_copy import baseline_copy, keyed_rows
+from bare_copy import baseline_copy, file_copy, keyed_rows
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
 from automation import api
 
-TARGET_INGEST = 0.5  # Shoal events/s over bare COPY events/s: at least this
+TARGET_INGEST = 0.5  # Shoal events/s over the bare COPY of the CSV file, events/s: at least this
 TARGET_SEGMENT = 1.0  # Shoal seconds over bare pandas + k-means seconds: at most this
 
 
@@ -240,6 +242,13 @@ def run(args: Any, pg: str) -> dict[str, Any]:
                 c.update(m)
                 copies.append(c)
                 common.log(f"   {method}: {c['seconds']:.1f} s, {c['events_per_second']:,.0f}/s")
+            common.log("   COPY of the CSV file as it is")
+            m = {}
+            with mem.measure(m):
+                steps["file_copy"] = file_copy(dsn, csv_path)
+            steps["file_copy"].update(m)
+            fc = steps["file_copy"]
+            common.log(f"   csv file: {fc['seconds']:.1f} s, {fc['events_per_second']:,.0f}/s")
         del rows
         best = min(copies, key=lambda c: c["seconds"])
         steps["baseline_copy"] = {"variants": copies, "best": best["method"]}
@@ -254,6 +263,9 @@ def run(args: Any, pg: str) -> dict[str, Any]:
             ing.update(m)
             ing["ratio_to_baseline"] = common.ratio(
                 ing["events_per_second"], best["events_per_second"]
+            )
+            ing["ratio_to_file_copy"] = common.ratio(
+                ing["events_per_second"], steps["file_copy"]["events_per_second"]
             )
             steps["shoal_ingest"] = ing
             common.log(f"   {ing['seconds']:.1f} s, {ing['events_per_second']:,.0f}/s")
@@ -314,19 +326,21 @@ def print_report(res: dict[str, Any]) -> None:
         line("1. write CSV", g["write_csv_seconds"], None, None, None, g["mem_write_csv"]),
     ]
     for c in copies:
-        tag = " (baseline)" if c is best else ""
+        tag = " (strict baseline)" if c is best else ""
         label = f"2. bare COPY, {c['method']}{tag}"
         rows.append(line(label, c["seconds"], c["events_per_second"], None, None, c))
-    rows.append(
-        line(
-            "3. Shoal ingest (CSV -> events)",
-            ing["seconds"],
-            ing["events_per_second"],
-            ing["ratio_to_baseline"],
-            f">= {TARGET_INGEST} (rate)",
-            ing,
+    fc = s.get("file_copy")
+    if fc:
+        label = "2c. bare COPY of the CSV file (the issue's)"
+        rows.append(line(label, fc["seconds"], fc["events_per_second"], None, None, fc))
+    rate = ing["events_per_second"]
+    if fc:
+        label = "3. Shoal ingest vs the CSV file COPY"
+        rows.append(
+            line(label, ing["seconds"], rate, ing["ratio_to_file_copy"], f">= {TARGET_INGEST}", ing)
         )
-    )
+    label = "3. Shoal ingest vs the strict baseline"
+    rows.append(line(label, ing["seconds"], rate, ing["ratio_to_baseline"], "-", ing))
     label = f"4. bare pandas+KMeans(8, n_init=1), {bseg['n_features']} feats"
     rows.append(line(label, bseg["seconds"], None, None, None, bseg))
     rows.append(
@@ -356,7 +370,9 @@ def print_report(res: dict[str, Any]) -> None:
         rows,
     )
     print(
-        "ratio: ingest = Shoal events/s / bare COPY events/s; segments = Shoal s / bare s. "
+        "ratio: ingest = Shoal events/s / bare COPY events/s (of the CSV file as it is, the "
+        "issue's baseline; and of the rows validated and keyed in memory, the strict one); "
+        "segments = Shoal s / bare s. "
         "RSS rise: peak RSS sampled during the step minus RSS at its start; peak RSS: ru_maxrss "
         "of the process after the step."
     )

@@ -10,7 +10,8 @@
                         compaction (arrays; time-driven cells as anchors), so an update
                         touches only the users that new events touch.
 ``feature_snapshot_deltas`` per update since that base, only the rows that changed.
-``batch_users``         which users each ingest batch touched.
+``batch_users``         which users each ingest transaction touched (by its batches, or at once
+                        under its last batch).
 ``outbox``              segment-change events (``Segment Entered``, ``Segment Exited``, ...) with
                         idempotency keys, written in the same transaction as the memberships.
 ``task_runs``, ``locks`` idempotent background tasks and mutual exclusion of refits/updates.

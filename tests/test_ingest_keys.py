@@ -19,6 +19,7 @@ from automation.ingest.keys import KeyCache
 from automation.ingest.mapping import plan_columns, preset_named
 from automation.ingest.readers import read_file
 from automation.ingest.run import BatchSource, commit_block, prepare_block
+from automation.store.db import open_store
 from automation.store.erase import erase_user
 
 HEAD = "user_id,type,timestamp,item_id,item_name,category,price,quantity,order_id\n"
@@ -134,3 +135,53 @@ def test_a_full_cache_starts_over(engine: Engine, tmp_path: Path) -> None:
     _commit(engine, tmp_path, "b.csv", ["u9,view,1700000100,i1,,c,2.0,,"], keys)
     assert set(keys.users.known) == {"u9"} and set(keys.items.known) == {"i1"}
     assert _orphans(engine) == 0
+
+
+def _user_keys(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT external_id, id FROM users")).all()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def test_new_users_of_a_complete_cache_are_copied_in(engine: Engine, tmp_path: Path) -> None:
+    keys = KeyCache()
+    lines = [f"u{i},view,{1700000000 + i},i1,,c,2.0,," for i in range(5)]
+    assert _commit(engine, tmp_path, "a.csv", lines, keys) == 5
+    # Started on an empty table and alone since: complete (the copy path on PostgreSQL).
+    assert keys.users.complete
+    assert _commit(engine, tmp_path, "b.csv", ["u5,view,1700000100,i1,,c,2.0,,"], keys) == 1
+    stored = _user_keys(engine)
+    assert keys.users.known == stored and keys.users.top == max(stored.values())
+    assert len(set(stored.values())) == 6
+    assert _orphans(engine) == 0
+
+
+def test_a_row_added_behind_the_cache_makes_it_incomplete(engine: Engine, tmp_path: Path) -> None:
+    keys = KeyCache()
+    _commit(engine, tmp_path, "a.csv", ["u1,view,1700000000,i1,,c,2.0,,"], keys)
+    with engine.begin() as conn:  # another writer (another process's ingest)
+        conn.execute(text("INSERT INTO users (external_id) VALUES ('u2')"))
+    assert _commit(engine, tmp_path, "b.csv", ["u2,view,1700000100,i1,,c,2.0,,"], keys) == 1
+    assert not keys.users.complete
+    stored = _user_keys(engine)
+    assert len(stored) == 2 and keys.users.known == stored
+    assert _orphans(engine) == 0
+
+
+@pytest.mark.postgres
+def test_a_unique_violation_falls_back_to_the_upsert(pg_url: str, tmp_path: Path) -> None:
+    """A row that exists after all (a writer that broke the rule, mid-transaction) rolls the
+    copy back to its savepoint; the upsert then finds the row's key and nothing else is lost."""
+    pg_engine = open_store(pg_url)
+    keys = KeyCache()
+    _commit(pg_engine, tmp_path, "a.csv", ["u1,view,1700000000,i1,,c,2.0,,"], keys)
+    with pg_engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (external_id) VALUES ('u3')"))
+    keys.users.top = max(_user_keys(pg_engine).values())  # the cache believes it saw that row
+    lines = ["u2,view,1700000100,i1,,c,2.0,,", "u3,view,1700000200,i1,,c,2.0,,"]
+    assert _commit(pg_engine, tmp_path, "b.csv", lines, keys) == 2
+    assert not keys.users.complete
+    stored = _user_keys(pg_engine)
+    assert set(stored) == {"u1", "u2", "u3"} and keys.users.known == stored
+    assert _orphans(pg_engine) == 0
+    pg_engine.dispose()

@@ -8,7 +8,8 @@ as data-modifying CTEs over the ``INSERT ... RETURNING`` of the new events, in o
 
 ``user_stats``: one row per user. ``user_orders``: one row per (user, order). ``user_items``:
 purchase and refund lines per (user, item). ``user_categories``: views, carts and purchases per
-(user, category). ``batch_users``: which users each ingest batch touched.
+(user, category). ``batch_users``: which users each ingest batch touched (the bulk path writes a
+transaction's users once, under its last batch: see :class:`automation.features.partials.Window`).
 """
 
 from __future__ import annotations

@@ -274,7 +274,11 @@ class Window:
     per block. Users created in this window and not folded yet (keys above ``floor``, the
     largest ``users.id`` when the window opened or last flushed) have no aggregate rows: theirs
     are copied straight into the aggregate tables; the others go through a temporary table and
-    one upsert per aggregate. ``batch_users`` rows, new for every batch, are copied in at once.
+    one upsert per aggregate.
+
+    ``batch_users`` gets one row per user per flush, under the last batch flushed: its readers
+    only ever ask which users the batches after one committed batch touched, and every batch of
+    a window commits with its last one, so a user is not written once per block.
     """
 
     def __init__(self, conn: Connection, floor: int, max_rows: int = 8_000_000) -> None:
@@ -283,19 +287,13 @@ class Window:
         self.max_rows = max_rows
         self.pending: dict[str, list[pd.DataFrame]] = {}
         self.rows = 0
+        self.batch_id: int | None = None  # the last batch added since the last flush
 
     def add(
         self, part: Partials, user_keys: np.ndarray, item_keys: np.ndarray, batch_id: int
     ) -> None:
         """Take one block's partials; ``user_keys``/``item_keys``: the key of each code."""
-        batch = pd.DataFrame(
-            {
-                "batch_id": np.full(len(user_keys), batch_id, dtype=np.int64),
-                "user_key": user_keys,
-                "n_events": part.stats["n_events"],
-            }
-        )
-        _copy(self.conn, "batch_users", batch, UPSERT_COLUMNS["batch_users"], _BATCH_TYPES)
+        self.batch_id = max(batch_id, self.batch_id or batch_id)
         for name, frame in keyed_rows(part, user_keys, item_keys).items():
             if len(frame):
                 self.pending.setdefault(name, []).append(frame)
@@ -307,6 +305,16 @@ class Window:
         """Fold every pending row into the aggregates."""
         for name, frames in self.pending.items():
             rows = _combine(name, frames)
+            if name == "user_stats" and self.batch_id is not None:
+                touched = pd.DataFrame(
+                    {
+                        "batch_id": np.full(len(rows), self.batch_id, dtype=np.int64),
+                        "user_key": rows["user_key"].to_numpy(),
+                        "n_events": rows["n_events"].to_numpy(),
+                    }
+                )
+                names = UPSERT_COLUMNS["batch_users"]
+                _copy(self.conn, "batch_users", touched, names, _BATCH_TYPES)
             names = UPSERT_COLUMNS[name]
             types = table_types(name)
             fresh = rows["user_key"].to_numpy() > self.floor
@@ -320,6 +328,7 @@ class Window:
                 self.conn.execute(text(upsert_from(name, table)))
         self.pending = {}
         self.rows = 0
+        self.batch_id = None
         self.floor = largest_user_key(self.conn)
 
 

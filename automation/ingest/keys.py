@@ -6,6 +6,13 @@ plus a join per block, although most of them are already known after the first b
 :class:`KeyCache` keeps the mapping in memory: only ids it has not seen (and items whose name,
 category or price changed) go to the database.
 
+Users no store has seen are copied in with ids drawn from the table's sequence, without an
+``INSERT ... ON CONFLICT`` or ``RETURNING`` (PostgreSQL), when the cache knows that none of them
+can exist: it is *complete* (:attr:`KeyMap.complete`) when it started on an empty table and no
+other process added a row since (the table's largest id is still the largest one it learnt; every
+writer of ``users`` holds the ingest lock). A unique violation all the same rolls the copy back to
+a savepoint and falls back to the upsert.
+
 It stays true because keys never change: a row of ``users`` or ``items`` keeps its id until the
 user is erased. Erasure takes the ingest lock and bumps the ``erasure`` lock counter in the same
 transaction (:func:`automation.store.erase.erase_user`), so :meth:`KeyCache.check`, called under the
@@ -20,9 +27,11 @@ import threading
 
 import numpy as np
 import pandas as pd
+import psycopg
 from sqlalchemy import Connection, text
 
 from automation.store.bulk import create_temp_like, read_frame, write_frame
+from automation.store.pgcopy import Encoder, copy_binary, stream
 
 _KEYS_SQL = {
     "postgresql": "external_id varchar(200), name text, category varchar(200), price float8, "
@@ -68,6 +77,34 @@ def upsert_keys(conn: Connection, table: str, attrs: pd.DataFrame, update_sql: s
     )
 
 
+def insert_new(conn: Connection, table: str, external_ids: np.ndarray) -> np.ndarray | None:
+    """Copy rows known to be new into ``table`` (PostgreSQL) with ids drawn from its sequence;
+    their ids, in order, or None (nothing written) if one existed after all.
+
+    The ids are a range taken from the sequence at once (moved past it with ``setval``): every
+    writer of the table holds the ingest lock, so no ``nextval`` runs meanwhile.
+    """
+    n = len(external_ids)
+    seq = conn.execute(text(f"SELECT pg_get_serial_sequence('{table}', 'id')")).scalar_one()
+    top = int(
+        conn.execute(
+            text(f"SELECT setval('{seq}', last_value + :n) FROM {seq}"), {"n": n}
+        ).scalar_one()
+    )
+    keys = np.arange(top - n + 1, top + 1, dtype=np.int64)
+    body = stream(
+        Encoder({"id": keys, "external_id": external_ids}, {"id": "int8", "external_id": "text"})
+    )
+    savepoint = conn.begin_nested()
+    try:
+        copy_binary(conn, table, ["id", "external_id"], body)
+    except psycopg.errors.UniqueViolation:
+        savepoint.rollback()
+        return None
+    savepoint.commit()
+    return keys
+
+
 def lookup(keys: pd.Series, values: pd.Series) -> np.ndarray:
     """The key of each value (``-1`` where ``keys`` has none)."""
     pos = pd.Index(keys.index).get_indexer(values.astype("str"))
@@ -92,6 +129,8 @@ class KeyMap:
         self.known: dict[str, int] = {}
         self.marks: dict[str, int] = {}
         self.added: list[str] = []
+        self.complete = False  # every row of the table is in ``known`` (see the module docstring)
+        self.top = 0  # the largest key learnt
 
     def keys(
         self, conn: Connection, attrs: pd.DataFrame, marks: np.ndarray | None = None
@@ -112,13 +151,19 @@ class KeyMap:
             need |= seen != marks.view(np.int64)
         if not need.any():
             return got
-        sent = attrs[need]
-        mapping = upsert_keys(conn, self.table, sent, self.update_sql)
-        fresh = lookup(mapping, sent["external_id"])
-        if (fresh < 0).any():
-            raise RuntimeError(f"{self.table}: keys missing after the upsert")
-        got[need] = fresh
         new_ids = ids[need]
+        fresh = None
+        if self.complete and marks is None and conn.dialect.name == "postgresql":
+            fresh = insert_new(conn, self.table, new_ids)
+            self.complete = fresh is not None
+        if fresh is None:
+            sent = attrs[need]
+            mapping = upsert_keys(conn, self.table, sent, self.update_sql)
+            fresh = lookup(mapping, sent["external_id"])
+            if (fresh < 0).any():
+                raise RuntimeError(f"{self.table}: keys missing after the upsert")
+        got[need] = fresh
+        self.top = max(self.top, int(fresh.max()))
         for x, k in zip(new_ids.tolist(), fresh.tolist(), strict=True):
             if x not in self.known:
                 self.added.append(x)
@@ -133,6 +178,16 @@ class KeyMap:
         self.known.clear()
         self.marks.clear()
         self.added.clear()
+        self.complete = False
+        self.top = 0
+
+    def check(self, conn: Connection, cleared: bool) -> None:
+        """Start of a transaction: is the map still :attr:`complete`?"""
+        largest = conn.execute(text(f"SELECT COALESCE(MAX(id), 0) FROM {self.table}")).scalar()
+        if cleared:
+            self.complete = not largest
+        else:
+            self.complete = self.complete and int(largest or 0) == self.top
 
 
 class KeyCache:
@@ -156,10 +211,12 @@ class KeyCache:
         count = conn.execute(text("SELECT count FROM locks WHERE name = 'erasure'")).scalar()
         erasures = int(count or 0)
         held = len(self.users.known) + len(self.items.known)
-        if erasures != self.erasures or held > self.max_keys:
+        cleared = erasures != self.erasures or held > self.max_keys
+        if cleared:
             self.users.clear()
             self.items.clear()
             self.erasures = erasures
+        self.users.check(conn, cleared)
         self.users.added.clear()
         self.items.added.clear()
 
@@ -170,3 +227,4 @@ class KeyCache:
                 keymap.known.pop(x, None)
             keymap.marks.clear()
             keymap.added.clear()
+            keymap.complete = False
