@@ -1,21 +1,29 @@
-"""Scaling raw features for clustering: heavy tails compressed, robust standardisation, floors.
+"""Scaling raw features for clustering: shrinkage, heavy tails compressed, standardisation, weights.
 
 Per column, in order:
 
+0. **Shrinkage** (:func:`shrink`). Ratios and shares measured on a handful of events
+   (``view_to_cart``, ``cart_to_purchase``, ``refund_rate``, ``aff_*``) are pulled towards the
+   population value by the evidence behind them; ``rating_mean`` without ratings is the raters'
+   mean, not 0; ``activity_trend`` counts only once a user's history covers both of its windows.
+   Without it, the users with few events scattered over every segment (a k-means on the
+   simulator's features followed activity and noise, ARI 0.30 against the personas).
 1. **Transform.** Counts, money and durations are heavy-tailed: ``log1p`` (signed for money, which
    can be negative after refunds). Rates, shares, trends and SVD coordinates are kept as they are.
-2. **Robust standardisation.** ``(x - median) / scale`` with ``scale = IQR / 1.349`` (the standard
-   deviation for normal data), falling back to the standard deviation when the IQR is 0 (sparse
-   shares), and never below a floor (0.05 for bounded features, 0.1 otherwise). The floor keeps a
-   column that hardly varies today from exploding distances when it starts to vary tomorrow (a new
-   category appearing).
+2. **Standardisation.** ``(x - mean) / std``, never below a floor (0.05 for bounded features, 0.1
+   otherwise). The floor keeps a column that hardly varies today from exploding distances when it
+   starts to vary tomorrow (a new category appearing). (An IQR scale, used before, made columns
+   concentrated on a few values with a tail, such as tenure, the widest axes.)
 3. **Clipping** at +-``clip`` scaled units, so one wholesale account cannot stretch an axis.
-4. **Weights.** Affinity columns (``aff_*``, ``taste_*``) share one unit of weight among them, so
-   that many categories do not outvote recency, frequency and value.
+4. **Weights.** Affinity columns (``aff_*``, ``taste_*``) share :data:`AFFINITY_WEIGHT` among
+   them, so that many categories do not outvote recency, frequency and value; the volume columns
+   (:data:`VOLUME_COLUMNS`: orders, spend, items, views, carts; one latent activity level measured
+   five ways) share one unit, so that how much a user does does not outvote how they do it.
 
 Columns with no spread at all when fitted (every user has no views, or nobody has bought from a
 category yet) are kept at the floor scale and listed in ``constant_``: they add nothing to
-distances today, and a change in them (a new category appearing) shows up tomorrow.
+distances today, and a change in them (a new category appearing) shows up tomorrow. A scaler
+stored before the shrinkage existed (no ``shrink`` key) transforms as it was fitted.
 """
 
 from __future__ import annotations
@@ -40,6 +48,20 @@ LOG_COLUMNS = {
 }
 SIGNED_LOG_COLUMNS = {"monetary"}
 BOUNDED_PREFIXES = ("aff_", "refund_rate", "view_to_cart", "cart_to_purchase", "activity_trend")
+VOLUME_COLUMNS = ("frequency", "monetary", "distinct_items", "n_views", "n_carts")
+"""How much a user did: one latent quantity (activity) measured five ways; they share one weight."""
+PSEUDO = {
+    "view_to_cart": 5.0,
+    "cart_to_purchase": 5.0,
+    "refund_rate": 2.0,
+    "aff_": 20.0,
+    "activity_trend": 2.0,
+}
+"""Pseudo-counts of the shrinkage (views, carts, orders, weighted interactions, orders)."""
+AFFINITY_WEIGHT = 2.0
+"""Total weight of the affinity columns (a composition: they share it)."""
+TREND_SPAN_DAYS = 180.0
+"""``activity_trend`` compares two 90-day windows: meaningful once a user's history covers both."""
 
 
 def transform_column(name: str, values: np.ndarray) -> np.ndarray:
@@ -52,6 +74,84 @@ def transform_column(name: str, values: np.ndarray) -> np.ndarray:
 
 def _is_affinity(name: str) -> bool:
     return name.startswith(("aff_", "taste_"))
+
+
+def _col(raw: pd.DataFrame, name: str) -> np.ndarray | None:
+    return raw[name].to_numpy(dtype="float64") if name in raw.columns else None
+
+
+def _evidence(raw: pd.DataFrame) -> dict[str, np.ndarray]:
+    """How many observations each user's ratio and share features rest on (raw counts)."""
+    out: dict[str, np.ndarray] = {}
+    views, carts = _col(raw, "n_views"), _col(raw, "n_carts")
+    orders, items = _col(raw, "frequency"), _col(raw, "distinct_items")
+    if views is not None and "view_to_cart" in raw.columns:
+        out["view_to_cart"] = np.nan_to_num(views)
+    if carts is not None and "cart_to_purchase" in raw.columns:
+        out["cart_to_purchase"] = np.nan_to_num(carts)
+    if orders is not None:
+        out["refund_rate"] = np.nan_to_num(orders)
+    # Affinity shares weigh views 1, carts 2, purchases 4 (automation.features.affinity).
+    to_purchase = _col(raw, "cart_to_purchase")
+    bought = (
+        np.nan_to_num(to_purchase) * np.nan_to_num(carts)
+        if carts is not None and to_purchase is not None
+        else items
+    )
+    parts = [
+        np.nan_to_num(x) * w for x, w in ((views, 1), (carts, 2), (bought, 4)) if x is not None
+    ]
+    if parts:
+        out["aff_"] = np.sum(parts, axis=0)
+    return out
+
+
+def shrink(raw: pd.DataFrame, priors: dict[str, float]) -> pd.DataFrame:
+    """Ratios and shares pulled towards the population value by the evidence behind them.
+
+    A user with 3 views and 1 cart has a view-to-cart rate of 0.33 on paper, as far from the
+    population as a heavy user's measured 0.33, while it says almost nothing. Empirical Bayes
+    shrinkage, ``(n * x + a * prior) / (n + a)`` with ``n`` the user's observations and ``a``
+    the pseudo-count of :data:`PSEUDO`, keeps the well-measured users where they are and moves
+    the barely-measured ones to the middle, where they no longer scatter every segment. A
+    ``rating_mean`` of 0 (no ratings) becomes the population mean of those who rated, and
+    ``activity_trend`` is 0 unless the user's history covers both 90-day windows (a newer user's
+    "orders before" window is empty, which made every buyer's trend +1), shrunk by orders.
+    """
+    out = raw.copy()
+    ev = _evidence(raw)
+    for name in raw.columns:
+        key = "aff_" if name.startswith("aff_") else name
+        if name in priors and key in ev:
+            n, a = ev[key], PSEUDO[key]
+            x = raw[name].to_numpy(dtype="float64")
+            out[name] = (n * np.nan_to_num(x, nan=priors[name]) + a * priors[name]) / (n + a)
+    if "rating_mean" in priors:
+        r = raw["rating_mean"].to_numpy(dtype="float64")
+        out["rating_mean"] = np.where(np.nan_to_num(r) > 0, r, priors["rating_mean"])
+    if "activity_trend" in raw.columns and "tenure_days" in raw.columns:
+        covered = raw["tenure_days"].to_numpy(dtype="float64") >= TREND_SPAN_DAYS
+        orders = _col(raw, "frequency")
+        k = np.zeros(len(raw)) if orders is None else np.nan_to_num(orders)
+        trend = raw["activity_trend"].to_numpy(dtype="float64") * k / (k + PSEUDO["activity_trend"])
+        out["activity_trend"] = np.where(covered, trend, 0.0)
+    return out
+
+
+def fit_priors(raw: pd.DataFrame) -> dict[str, float]:
+    """Population values of the shrunk features: evidence-weighted means."""
+    ev = _evidence(raw)
+    priors: dict[str, float] = {}
+    for name in raw.columns:
+        key = "aff_" if name.startswith("aff_") else name
+        if key in ev and ev[key].sum() > 0:
+            x = np.nan_to_num(raw[name].to_numpy(dtype="float64"))
+            priors[name] = float((x * ev[key]).sum() / ev[key].sum())
+    if "rating_mean" in raw.columns:
+        r = np.nan_to_num(raw["rating_mean"].to_numpy(dtype="float64"))
+        if (r > 0).any():
+            priors["rating_mean"] = float(r[r > 0].mean())
+    return priors
 
 
 class FeatureScaler:
@@ -79,30 +179,42 @@ class FeatureScaler:
             raise ValidationError(f"clip={self.clip} should be > 0")
         if raw.empty:
             raise ValidationError("cannot fit the scaler on an empty feature table")
+        self.priors_ = fit_priors(raw)
+        self.shrink_ = True
+        prepared = shrink(raw, self.priors_)
         centers: dict[str, float] = {}
         scales: dict[str, float] = {}
         constant: list[str] = []
         for name in raw.columns:
-            x = transform_column(name, raw[name].to_numpy(dtype="float64"))
+            x = transform_column(name, prepared[name].to_numpy(dtype="float64"))
             if np.nanstd(x) == 0:
                 constant.append(name)
-            q1, med, q3 = np.nanpercentile(x, [25, 50, 75])
-            scale = (q3 - q1) / 1.349
-            if scale <= 0:
-                scale = float(np.nanstd(x))
+            # The standard deviation, not the IQR: a column concentrated on a few values with a
+            # tail (tenure when most users arrived at once, a refund rate mostly 0) has a tiny IQR,
+            # and its tail then outweighed every informative column (clipping bounds outliers).
             floor = 0.05 if name.startswith(BOUNDED_PREFIXES) or _is_affinity(name) else 0.1
-            centers[name] = float(med)
-            scales[name] = float(max(scale, floor))
+            centers[name] = float(np.nanmean(x))
+            scales[name] = float(max(np.nanstd(x), floor))
         kept = list(raw.columns)
         if len(constant) == len(kept):
             raise ValidationError("every feature is constant: nothing to segment on")
         n_aff = sum(_is_affinity(c) for c in kept)
+        n_vol = sum(c in VOLUME_COLUMNS for c in kept)
         self.feature_names_in_ = list(raw.columns)
         self.features_ = kept
         self.constant_ = constant
         self.center_ = centers
         self.scale_ = scales
-        self.weight_ = {c: (1 / np.sqrt(n_aff) if _is_affinity(c) else 1.0) for c in kept}
+        self.weight_ = {
+            c: (
+                AFFINITY_WEIGHT / np.sqrt(n_aff)
+                if _is_affinity(c)
+                else 1 / np.sqrt(n_vol)
+                if c in VOLUME_COLUMNS
+                else 1.0
+            )
+            for c in kept
+        }
         return self
 
     def transform(self, raw: pd.DataFrame) -> np.ndarray:
@@ -111,6 +223,8 @@ class FeatureScaler:
             raise ValidationError(f"features missing from the table: {', '.join(missing)}")
         # Column by column into a feature-major buffer (contiguous writes), then one transpose:
         # the same values as stacking the columns, without a strided write per column.
+        if self.shrink_:
+            raw = shrink(raw, self.priors_)
         out = np.empty((len(self.features_), len(raw)), dtype=np.float64)
         for j, name in enumerate(self.features_):
             x = transform_column(name, raw[name].to_numpy(dtype="float64"))
@@ -129,6 +243,8 @@ class FeatureScaler:
             "center": self.center_,
             "scale": self.scale_,
             "weight": self.weight_,
+            "shrink": self.shrink_,
+            "priors": self.priors_,
         }
 
     @classmethod
@@ -140,4 +256,7 @@ class FeatureScaler:
         s.center_ = {k: float(v) for k, v in d["center"].items()}
         s.scale_ = {k: float(v) for k, v in d["scale"].items()}
         s.weight_ = {k: float(v) for k, v in d["weight"].items()}
+        # Scalers stored before the shrinkage existed transform as they were fitted.
+        s.shrink_ = bool(d.get("shrink", False))
+        s.priors_ = {k: float(v) for k, v in d.get("priors", {}).items()}
         return s
