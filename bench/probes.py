@@ -245,6 +245,8 @@ INGEST_PROBES = [
     ("automation.ingest.keys", "create_temp_like", "create temp"),
     ("automation.ingest.keys", "write_frame", "write_frame (COPY/executemany)"),
     ("automation.ingest.keys", "read_frame", "read_frame"),
+    ("automation.ingest.keys", "insert_new", "insert_new (users COPY)"),
+    ("automation.ingest.keys", "copy_binary", "binary COPY send"),
     ("automation.features.partials:Window.add", None, "window add"),
     ("automation.features.partials:Window.flush", None, "window flush"),
     ("automation.features.partials", "copy_binary", "partials COPY send"),

@@ -28,15 +28,13 @@ TYPES = ("uuid", "int8", "int4", "float8", "timestamptz", "text")
 CHUNK_ROWS = 200_000
 
 
-def _fixed(mat: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
-    """(n, w) uint8 rows as an Arrow binary array (``b""`` where ``valid`` is False)."""
+def _fixed(mat: np.ndarray) -> pa.Array:
+    """(n, w) uint8 rows as an Arrow binary array."""
     n, w = mat.shape
-    bitmap = None if valid is None else pa.array(valid).buffers()[1]
-    arr = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(w), n, [bitmap, pa.py_buffer(np.ascontiguousarray(mat))]
+    offsets = np.arange(0, (n + 1) * w, w, dtype=np.int32)
+    return pa.BinaryArray.from_buffers(
+        pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(mat))]
     )
-    out = arr.cast(pa.binary())
-    return out if valid is None else out.fill_null(pa.scalar(b"", pa.binary()))
 
 
 def _be(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -44,9 +42,34 @@ def _be(values: np.ndarray, dtype: str) -> np.ndarray:
     return a.view(np.uint8).reshape(len(a), a.dtype.itemsize)
 
 
-def _lengths(width: int, valid: np.ndarray | None, n: int) -> pa.Array:
-    lengths = np.full(n, width, dtype=np.int32) if valid is None else np.where(valid, width, -1)
-    return _fixed(_be(lengths, ">i4"))
+def _fixed_run(run: list[tuple[np.ndarray, bool]], m: int) -> pa.Array:
+    """Consecutive fixed-width fields without NULLs, ``m`` rows, as one binary array.
+
+    ``run``: (big-endian byte rows, whether a length prefix goes first) per field, laid out side
+    by side in one byte matrix.
+    """
+    width = sum(d.shape[1] + (4 if prefixed else 0) for d, prefixed in run)
+    mat = np.empty((m, width), dtype=np.uint8)
+    pos = 0
+    for data, prefixed in run:
+        w = data.shape[1]
+        if prefixed:
+            mat[:, pos : pos + 4] = _be(np.full(1, w), ">i4")
+            pos += 4
+        mat[:, pos : pos + w] = data
+        pos += w
+    return _fixed(mat)
+
+
+def _nullable(data: np.ndarray, valid: np.ndarray) -> list[pa.Array]:
+    """A fixed-width field with NULLs: its lengths (-1 for NULL) and its values (none for NULL)."""
+    width = data.shape[1]
+    lengths = _fixed(_be(np.where(valid, width, -1), ">i4"))
+    bitmap = pa.array(valid).buffers()[1]
+    values = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(data), [bitmap, pa.py_buffer(np.ascontiguousarray(data))]
+    )
+    return [lengths, values.cast(pa.binary()).fill_null(pa.scalar(b"", pa.binary()))]
 
 
 def _column(values: Any, kind: str) -> tuple[np.ndarray | pa.Array, np.ndarray | None]:
@@ -93,21 +116,36 @@ class Encoder:
         self.encoded = [_column(columns[c], types[c]) for c in self.names]
 
     def row_array(self, start: int, stop: int) -> pa.Array:
-        """Rows ``start:stop``, one binary element per row."""
+        """Rows ``start:stop``, one binary element per row.
+
+        Runs of fixed-width fields without NULLs in the range (and the field count) are laid
+        out side by side in one byte matrix (NumPy); Arrow joins them to the other fields.
+        """
         m = stop - start
         pieces: list[pa.Array] = []
+        run: list[tuple[np.ndarray, bool]] = []
         if self.fields:
-            pieces.append(_fixed(_be(np.full(m, self.fields), ">i2")))
+            run.append((_be(np.full(m, self.fields), ">i2"), False))
         for data, valid in self.encoded:
             ok = None if valid is None else valid[start:stop]
+            if isinstance(data, np.ndarray) and (ok is None or ok.all()):
+                run.append((data[start:stop], True))
+                continue
+            if run:
+                pieces.append(_fixed_run(run, m))
+                run = []
             if isinstance(data, np.ndarray):
-                pieces.append(_lengths(data.shape[1], ok, m))
-                pieces.append(_fixed(data[start:stop], ok))
-            else:
-                arr = data.slice(start, m)
-                lengths = pc.binary_length(arr).fill_null(-1).to_numpy(zero_copy_only=False)
-                pieces.append(_fixed(_be(lengths, ">i4")))
-                pieces.append(arr.fill_null(pa.scalar(b"", pa.binary())))
+                assert ok is not None
+                pieces.extend(_nullable(data[start:stop], ok))
+                continue
+            arr = data.slice(start, m)
+            lengths = pc.binary_length(arr).fill_null(-1).to_numpy(zero_copy_only=False)
+            pieces.append(_fixed(_be(lengths, ">i4")))
+            pieces.append(arr.fill_null(pa.scalar(b"", pa.binary())))
+        if run:
+            pieces.append(_fixed_run(run, m))
+        if len(pieces) == 1:
+            return pieces[0]
         return pc.binary_join_element_wise(*pieces, b"")
 
     def rows(self, start: int, stop: int) -> pa.Buffer:
