@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from automation.features.scaling import VOLUME_COLUMNS, FeatureScaler, fit_priors, shrink
+from automation.features.scaling import AFFINITY_WEIGHT, FeatureScaler, fit_priors, shrink
 
 
 def _raw(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -74,8 +74,9 @@ def test_standardised_and_group_weighted() -> None:
     # Unclipped columns have unit spread before their weight.
     spread = X.std(axis=0) / w
     assert np.allclose(spread[[cols.index("n_views"), cols.index("recency_days")]], 1.0, atol=0.05)
-    assert sum(scaler.weight_[c] ** 2 for c in VOLUME_COLUMNS) == pytest.approx(1.0)
-    assert scaler.weight_["tenure_days"] == 1.0
+    aff = [c for c in cols if c.startswith("aff_")]
+    assert sum(scaler.weight_[c] ** 2 for c in aff) == pytest.approx(AFFINITY_WEIGHT**2)
+    assert scaler.weight_["tenure_days"] == scaler.weight_["monetary"] == 1.0
 
 
 def test_round_trip_and_scalers_stored_before_shrinkage() -> None:

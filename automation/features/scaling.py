@@ -16,9 +16,10 @@ Per column, in order:
    concentrated on a few values with a tail, such as tenure, the widest axes.)
 3. **Clipping** at +-``clip`` scaled units, so one wholesale account cannot stretch an axis.
 4. **Weights.** Affinity columns (``aff_*``, ``taste_*``) share :data:`AFFINITY_WEIGHT` among
-   them, so that many categories do not outvote recency, frequency and value; the volume columns
-   (:data:`VOLUME_COLUMNS`: orders, spend, items, views, carts; one latent activity level measured
-   five ways) share one unit, so that how much a user does does not outvote how they do it.
+   them, so that many categories do not outvote recency, frequency and value. (Giving the five
+   volume columns one shared unit too was tried: no better on the simulator, and on Online Retail,
+   where value is what separates customers, the monthly updates merged the high-value segment
+   away.)
 
 Columns with no spread at all when fitted (every user has no views, or nobody has bought from a
 category yet) are kept at the floor scale and listed in ``constant_``: they add nothing to
@@ -48,8 +49,6 @@ LOG_COLUMNS = {
 }
 SIGNED_LOG_COLUMNS = {"monetary"}
 BOUNDED_PREFIXES = ("aff_", "refund_rate", "view_to_cart", "cart_to_purchase", "activity_trend")
-VOLUME_COLUMNS = ("frequency", "monetary", "distinct_items", "n_views", "n_carts")
-"""How much a user did: one latent quantity (activity) measured five ways; they share one weight."""
 PSEUDO = {
     "view_to_cart": 5.0,
     "cart_to_purchase": 5.0,
@@ -199,21 +198,13 @@ class FeatureScaler:
         if len(constant) == len(kept):
             raise ValidationError("every feature is constant: nothing to segment on")
         n_aff = sum(_is_affinity(c) for c in kept)
-        n_vol = sum(c in VOLUME_COLUMNS for c in kept)
         self.feature_names_in_ = list(raw.columns)
         self.features_ = kept
         self.constant_ = constant
         self.center_ = centers
         self.scale_ = scales
         self.weight_ = {
-            c: (
-                AFFINITY_WEIGHT / np.sqrt(n_aff)
-                if _is_affinity(c)
-                else 1 / np.sqrt(n_vol)
-                if c in VOLUME_COLUMNS
-                else 1.0
-            )
-            for c in kept
+            c: (AFFINITY_WEIGHT / np.sqrt(n_aff) if _is_affinity(c) else 1.0) for c in kept
         }
         return self
 
