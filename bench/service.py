@@ -135,6 +135,29 @@ def post_batches(port: int, msgs: list[dict[str, Any]], size: int, clients: int)
     }
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds of process ``pid``, of its descendants): utime + stime from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    children: dict[int, list[int]] = {}
+    for p, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(p)
+    below, todo = 0.0, list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        below += stats[p][1]
+        todo.extend(children.get(p, []))
+    return stats.get(pid, (0, 0.0))[1], below
+
+
 def lookups(port: int, users: list[str], rate: float, seconds: float) -> dict[str, Any]:
     n = int(rate * seconds)
     lat: list[float] = []
@@ -222,7 +245,9 @@ def run(args: Any, info: dict[str, Any], tmp: Path, db: str) -> None:
     proc = serve(db, port, tmp / "serve.log", args.workers)
     try:
         common.log(f"POST /v1/batch: {args.events:,} events, {args.batch} per request")
+        cpu0, load0 = cpu_seconds(proc.pid), os.getloadavg()[0]
         ing = post_batches(port, msgs, args.batch, args.clients)
+        cpu1, load1 = cpu_seconds(proc.pid), os.getloadavg()[0]
         common.log("waiting for the background fold and refit to settle")
         settle(port)
         common.log(f"GET /v1/users/{{id}} at {args.rate:g}/s for {args.seconds:g} s")
@@ -250,6 +275,12 @@ def run(args: Any, info: dict[str, Any], tmp: Path, db: str) -> None:
         f"({ing['requests']} requests of {args.batch}, {args.clients} clients, "
         f"{ing['seconds']:.1f} s; median request {ing['p50_request_s'] * 1000:.0f} ms)"
         f"   target >= 20,000 events/s"
+    )
+    per = 1000 / max(ing["requests"], 1)
+    print(
+        f"  server CPU per request: {(cpu1[0] - cpu0[0]) * per:.0f} ms in the API process, "
+        f"{(cpu1[1] - cpu0[1]) * per:.0f} ms in its child processes (background work); "
+        f"load average (1 min) {load0:.2f} -> {load1:.2f}"
     )
     print(f"  baseline, library ingest of a JSON-lines file: {base.read / base_s:,.0f} events/s")
     print(

@@ -3,7 +3,9 @@ and PostgreSQL: ingest, reads, auth, one error shape, erasure, dashboard data, m
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +137,36 @@ def test_a_new_event_reaches_segment_and_recommendations(client: TestClient) -> 
     assert time.monotonic() - sent < 5
     recs = client.get("/v1/users/fresh/recommendations?n=5").json()
     assert len(recs["items"]) == 5 and all(i["reason"] for i in recs["items"])
+
+
+def test_a_killed_background_process_is_replaced_and_folds(client: TestClient) -> None:
+    """The folds run in the background process, not the API's: one killed outright is started
+    again, and a new user still reaches a segment through it."""
+    background = client.app.state.folder.process  # type: ignore[attr-defined]
+    killed = background.process.pid
+    assert killed != os.getpid()
+    os.kill(killed, signal.SIGKILL)
+    wait(
+        lambda: background.process.pid != killed and background.process.is_alive(),
+        "a new background process",
+    )
+    assert background.restarts == 1
+    ts = pd.Timestamp("2024-01-26T13:00:00Z")
+    order = message(
+        "after-kill",
+        "Order Completed",
+        ts,
+        0,
+        order_id="k1",
+        products=[{"product_id": "I0001", "price": 15.0, "quantity": 1}],
+    )
+    assert client.post("/v1/batch", json={"batch": [order]}, headers=AUTH).json()["accepted"] == 1
+
+    def segmented() -> bool:
+        r = client.get("/v1/users/after-kill")
+        return r.status_code == 200 and r.json()["segment"] is not None
+
+    wait(segmented, "the new user's segment from the new background process")
 
 
 def test_reads_dashboard_metrics_and_openapi(client: TestClient) -> None:

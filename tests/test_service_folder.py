@@ -1,5 +1,6 @@
 """The service's background fold under continuous ingest: it folds every few seconds, less often
-when folds are slow (folding takes a bounded share of the time), never later than a bound.
+when folds are slow (folding takes a bounded share of the time), never later than a bound; and
+what the API process loads of the background process's results.
 
 The loop's clock is the state's monotonic stamps: the test sets them, it never sleeps or times."""
 
@@ -13,10 +14,17 @@ from sqlalchemy import Engine
 
 from automation import api
 from automation.config import Settings
-from automation.service.folder import FOLD_EVERY, FOLD_LATEST, FOLD_SHARE, fold_once
+from automation.service.folder import (
+    FOLD_EVERY,
+    FOLD_LATEST,
+    FOLD_SHARE,
+    fold_once,
+    publish_once,
+)
 from automation.service.routes_ingest import ingest_messages
 from automation.service.state import ServiceState
 from automation.simulate import simulate
+from automation.store.erase import erase_user
 
 
 def _pending(state: ServiceState, i: int) -> None:
@@ -57,3 +65,34 @@ def test_slow_folds_are_spaced_under_continuous_ingest(engine: Engine, tmp_path:
     assert not _busy(state, since_fold=FOLD_LATEST + 0.1, fold_seconds=slow)
     _pending(state, 2)
     assert not _busy(state, since_fold=FOLD_LATEST + 0.1, fold_seconds=1000.0)
+
+
+def test_the_api_loads_what_the_background_stores_and_nothing_from_before_an_erasure(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Two states on one store, as the API process and its background process hold them: the
+    background's fold and refit reach the API only through the store."""
+    sim = simulate(n_users=300, days=15, seed=5, target_events=4_000)
+    path = tmp_path / "shop.csv"
+    sim.events.to_csv(path, index=False)
+    api.ingest(engine, [path])
+    version = api.segment(engine, k="3").version
+    settings = Settings(database_url=str(engine.url), api_token="t")
+    background, served = ServiceState(engine, settings), ServiceState(engine, settings)
+    assert publish_once(served) == {"snapshot": version}  # no recommender stored yet
+    assert served.recommender is None and served.snapshot.version == version
+    fitted = fold_once(background, embedded=True)["recommender"]
+    assert publish_once(served) == {"recommender": fitted}
+    assert served.recommender[2] == fitted and publish_once(served) == {}
+    _pending(served, 0)  # a new user: folded into a new version in the background
+    did = fold_once(background, embedded=True)
+    assert did["update"] > version and did["recommender"][1] == did["update"]
+    assert publish_once(served) == {"snapshot": did["update"], "recommender": did["recommender"]}
+    user = str(sim.events["user_id"].iloc[0])
+    erase_user(engine, user)
+    served.recommender = served.snapshot = None  # as the erasure route drops them
+    assert publish_once(served) == {"snapshot": did["update"]}  # the stored model holds the user
+    assert served.recommender is None and served.snapshot.erasures == 1
+    background.force_refit.set()
+    refitted = fold_once(background, embedded=True)["recommender"]
+    assert refitted[2] == 1 and publish_once(served) == {"recommender": refitted}

@@ -28,8 +28,9 @@ log = logging.getLogger("shoal.service")
 def create_app(settings: Settings | None = None, background: bool = True) -> FastAPI:
     """The service for ``settings`` (default: the environment).
 
-    ``background`` runs the loop that folds events in and refits the recommender; without a
-    broker it also runs the incremental updates (the embedded default).
+    ``background`` starts the background process that refits the recommender (without a
+    broker it also runs the incremental updates and the campaigns: the embedded default) and
+    the thread that loads what it stores (:mod:`automation.service.folder`).
     """
     chosen = settings or Settings.from_env()
 
@@ -37,13 +38,14 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServiceState(open_store(chosen.database_url), chosen)
         app.state.shoal = state
-        folder = Folder(state, embedded=not chosen.broker_url)
-        if background:
+        folder = Folder(state, embedded=not chosen.broker_url) if background else None
+        app.state.folder = folder
+        if folder is not None:
             folder.start()
         try:
             yield
         finally:
-            if background:
+            if folder is not None:
                 folder.stop()
             state.engine.dispose()
 

@@ -1,16 +1,24 @@
-"""The service's background loop: fold accepted events in, keep the recommender current.
+"""The service's background work: fold accepted events in, keep the recommender current.
 
-Every ``SHOAL_FOLD_MS`` (default 1 s), or at once when an ingest request wakes it:
+Two halves, in two processes (:mod:`automation.service.background` starts the second):
+
+:func:`fold_once`, in the background process, every ``SHOAL_FOLD_MS`` (default 1 s) or at once
+when an ingest request wakes it:
 
 - with the embedded default (no broker), pending ingest batches are folded into the live
-  segmentation (``run_update``; the first fit when there is none yet), then the campaigns run
-  (under continuous ingest every ``FOLD_EVERY`` seconds, less often when folds are slow, so
-  that folding takes at most ``FOLD_SHARE`` of the time, and at least every ``FOLD_LATEST``);
-  with a broker, the API enqueues ``shoal.update`` instead and the workers do it;
+  segmentation (``run_update``; the first fit when there is none yet, a refit with K selected
+  anew when drift calls for one), then the campaigns run (under continuous ingest every
+  ``FOLD_EVERY`` seconds, less often when folds are slow, so that folding takes at most
+  ``FOLD_SHARE`` of the time, and at least every ``FOLD_LATEST``); with a broker, the API
+  enqueues ``shoal.update`` instead and the workers do it;
 - when the store changed (a new ingest batch or segmentation version), the recommender is
-  refitted from the store and swapped in (once ingest has been quiet for a moment, or at least
-  every minute under continuous load): requests never train;
-- the newest version's feature snapshot is loaded for the support lookup's fast path.
+  refitted from the store and stored (once ingest has been quiet for a moment, or at least
+  every minute under continuous load).
+
+:func:`publish_once`, in the API process, when the background process says it stored something
+(or every ``SHOAL_FOLD_MS``): the newest version's feature snapshot is loaded for the support
+lookup's fast path, and the newest stored recommender is swapped in. Requests never fold nor
+train, and the API process's CPU stays with them.
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ import threading
 import time
 from typing import Any
 
+from sqlalchemy import text
+
 from automation.errors import EmptyStoreError, ShoalError
+from automation.service.background import BackgroundProcess, Channels
 from automation.service.state import ServiceState
 
 log = logging.getLogger("shoal.service.folder")
@@ -31,6 +42,7 @@ FOLD_LATEST = 4.0  # ... and a fold waits no longer than this (API freshness wit
 CAMPAIGNS_EVERY = 30.0  # embedded: campaigns and dispatch at least this often
 QUIET_SECONDS = 1.5  # refit the recommender once ingest has been quiet this long
 REFIT_EVERY = 60.0  # ... or at least this often under continuous ingest
+MODEL = "hybrid"  # the recommender the service fits, stores and serves
 
 
 def store_mark(state: ServiceState) -> tuple[int, int, int]:
@@ -62,7 +74,6 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
         state.fold_seconds = time.monotonic() - now
         if out.get("version") or out.get("refit"):
             did["update"] = out.get("version") or out["refit"]["version"]
-            state.metrics.folds.inc()
             state.last_campaigns = 0.0  # segment changes: decide at once
     if embedded and now - state.last_campaigns > CAMPAIGNS_EVERY:
         # Without workers, this loop is the worker: campaigns (segment-change, schedule and
@@ -76,16 +87,6 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
         except ShoalError as err:
             log.warning("campaigns: %s", err)
     mark = store_mark(state)
-    snap = state.snapshot
-    if mark[1] and (snap is None or (snap.version, snap.erasures) != (mark[1], mark[2])):
-        from automation.service import lookup
-
-        with state.engine.connect() as conn:
-            fresh = lookup.load(conn)
-        if fresh is not None:
-            fresh.erasures = mark[2]
-        state.snapshot = fresh
-        did["snapshot"] = mark[1]
     current = state.recommender
     now = time.monotonic()
     # Refit when the store changed, but not while ingest requests keep arriving (at most once
@@ -96,7 +97,7 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
         state.force_refit.clear()
         from automation.recommend.persist import current_model
 
-        rec, mark = current_model(state.engine, "hybrid")
+        rec, mark = current_model(state.engine, MODEL)  # stored for the API process
         with state.lock:
             state.recommender = (rec, None, mark)
         state.last_refit = time.monotonic()
@@ -104,29 +105,87 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
     return did
 
 
+def publish_once(state: ServiceState) -> dict[str, Any]:
+    """In the API process: load what the background process stored (the newest version's
+    feature snapshot, the newest recommender); returns what it loaded.
+
+    Neither is taken when it predates an erasure: the erasure route drops both, and this
+    checks the store's erasure count again under the state's lock before swapping one in."""
+    did: dict[str, Any] = {}
+    mark = store_mark(state)
+    snap = state.snapshot
+    if mark[1] and (snap is None or (snap.version, snap.erasures) != (mark[1], mark[2])):
+        from automation.service import lookup
+
+        with state.engine.connect() as conn:
+            fresh = lookup.load(conn)
+        if fresh is not None:
+            fresh.erasures = mark[2]
+        if _install(state, "snapshot", fresh, mark[2]):
+            did["snapshot"] = mark[1]
+    current = state.recommender
+    stored = stored_mark(state)
+    if stored is not None and stored[2] == mark[2] and (current is None or current[2] != stored):
+        from automation.recommend.persist import load_model
+
+        loaded = load_model(state.engine, MODEL)
+        if loaded is not None and _install(
+            state, "recommender", (loaded[0], None, loaded[1]), loaded[1][2]
+        ):
+            did["recommender"] = loaded[1]
+    return did
+
+
+def stored_mark(state: ServiceState) -> tuple[int, int, int] | None:
+    """What the stored recommender reflects (None when none is stored)."""
+    with state.engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT batch_id, version_id, erasures FROM recommender_models WHERE name = :n"),
+            {"n": MODEL},
+        ).first()
+    return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+
+def _install(state: ServiceState, name: str, value: Any, erasures: int) -> bool:
+    with state.lock:  # the erasure route commits, then drops both under this lock
+        if store_mark(state)[2] != erasures:
+            return False
+        setattr(state, name, value)
+        return True
+
+
 class Folder:
+    """The API side: starts the background process and loads what it stores."""
+
     def __init__(self, state: ServiceState, embedded: bool) -> None:
         self.state = state
-        self.embedded = embedded
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="shoal-folder", daemon=True)
+        self.channels = state.channels or Channels.make()
+        state.channels = self.channels
+        self.process = BackgroundProcess(state.settings, embedded, self.channels)
+        self.thread = threading.Thread(target=self._run, name="shoal-publish", daemon=True)
+        self.counted = (0, 0)
 
     def start(self) -> None:
+        self.process.start()
         self.thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
-        self.state.wake.set()
+        self.channels.published.ring()
         self.thread.join(timeout=60)
+        self.process.stop()
 
     def _run(self) -> None:
+        channels = self.channels
         while not self.stopping.is_set():
             try:
-                fold_once(self.state, self.embedded)
-            except ShoalError as err:
-                log.warning("fold: %s", err)
+                publish_once(self.state)
             except Exception:  # noqa: BLE001 - the loop must survive a failed pass
-                self.state.metrics.fold_errors.inc()
-                log.exception("fold failed; retrying at the next tick")
-            self.state.wake.wait(self.state.settings.fold_seconds)
-            self.state.wake.clear()
+                log.exception("loading the background's results failed; retrying")
+            folds, errors = channels.folds.value, channels.errors.value
+            self.state.metrics.folds.inc(folds - self.counted[0])
+            self.state.metrics.fold_errors.inc(errors - self.counted[1])
+            self.counted = (folds, errors)
+            self.process.check()
+            channels.published.wait(self.state.settings.fold_seconds)

@@ -19,11 +19,9 @@ router = APIRouter(tags=["admin"], responses=ERRORS)
 def refresh(state: ServiceState = Depends(write_access)) -> dict[str, Any]:
     """Fold pending events and refit the recommender now, in the background (with a broker,
     the workers' update is enqueued too)."""
-    state.force_refit.set()
-    state.last_ingest = 0.0
-    state.last_fold = 0.0
+    if state.channels is not None:
+        state.channels.refresh()
     state.enqueue_update()
-    state.wake.set()
     return {"status": "scheduled"}
 
 
@@ -35,7 +33,8 @@ def erase(user_id: str, state: ServiceState = Depends(write_access)) -> dict[str
     with state.lock:
         state.recommender = None  # never serve factors that still hold the erased user
         state.snapshot = None  # nor their features
-    state.wake.set()
+    if state.channels is not None:
+        state.channels.refit()  # refitted without them at once
     return {"user_id": user_id, "erased": True, "rows": removed}
 
 

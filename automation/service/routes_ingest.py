@@ -9,7 +9,6 @@ The background loop (or, with a broker, a worker) folds them into the segments w
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
@@ -89,7 +88,7 @@ def ingest_messages(state: ServiceState, messages: list[dict[str, Any]]) -> Inge
     state.metrics.events.labels("accepted").inc(report.accepted)
     state.metrics.events.labels("duplicate").inc(report.duplicates)
     state.metrics.events.labels("rejected").inc(report.quarantined)
-    _notify(state)
+    state.ingested()
     return IngestOut(
         received=len(messages),
         accepted=report.accepted,
@@ -97,13 +96,6 @@ def ingest_messages(state: ServiceState, messages: list[dict[str, Any]]) -> Inge
         rejected=report.quarantined,
         errors=errors,
     )
-
-
-def _notify(state: ServiceState) -> None:
-    """Wake the background loop; with a broker, also enqueue the workers' update."""
-    state.last_ingest = time.monotonic()
-    state.wake.set()
-    state.enqueue_update()
 
 
 @router.post("/track", response_model=IngestOut)

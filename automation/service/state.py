@@ -1,13 +1,15 @@
 """What the service holds while it runs: the store, the settings, metrics, the recommender.
 
 Opened in the app's lifespan, never at import. The recommender is fitted in the background
-(:mod:`automation.service.folder`), never inside a request; requests read the newest one.
+process (:mod:`automation.service.background`), never inside a request; requests read the
+newest one. The background process holds a state of its own (its fold timers, its engine).
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +56,6 @@ class ServiceState:
     token: str = ""
     recommender: Any = None  # (Recommender, SegmentMap, store mark) once fitted
     lock: threading.Lock = field(default_factory=threading.Lock)
-    wake: threading.Event = field(default_factory=threading.Event)
     celery: Any = None  # the Celery app, made on first use when a broker is configured
     snapshot: Any = None  # lookup.Snapshot of the newest version, loaded by the folder
     last_ingest: float = 0.0  # monotonic time of the newest ingest request
@@ -64,9 +65,18 @@ class ServiceState:
     last_campaigns: float = 0.0  # monotonic time campaigns last ran in this process
     force_refit: threading.Event = field(default_factory=threading.Event)
     keys: KeyCache = field(default_factory=KeyCache)  # user/item keys known to this process
+    channels: Any = None  # background.Channels: shared with the background process, if any
 
     def __post_init__(self) -> None:
         self.token = self.settings.api_token or secrets.token_urlsafe(24)
+
+    def ingested(self) -> None:
+        """Events were stored: wake the background process (with a broker, also enqueue the
+        workers' update)."""
+        self.last_ingest = time.monotonic()
+        if self.channels is not None:
+            self.channels.ingested()
+        self.enqueue_update()
 
     def enqueue_update(self) -> None:
         """With a broker, have a worker fold pending events (``shoal.update``); else nothing
