@@ -12,10 +12,12 @@ database keys are attached at fold time, once the block's users and items are up
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sqlalchemy import Connection, text
 
 from automation.features.aggregates import (
@@ -229,11 +231,23 @@ def keyed_rows(
     }
 
 
-def _copy(
-    conn: Connection, table: str, frame: pd.DataFrame, names: tuple[str, ...], types: dict[str, str]
-) -> None:
-    if len(frame):
-        copy_binary(conn, table, names, stream(Encoder({c: frame[c] for c in names}, types)))
+def _encode(frame: pd.DataFrame, names: tuple[str, ...], types: dict[str, str]) -> list[pa.Buffer]:
+    return stream(Encoder({c: frame[c] for c in names}, types)) if len(frame) else []
+
+
+def _copy(conn: Connection, table: str, names: tuple[str, ...], body: list[pa.Buffer]) -> None:
+    if body:
+        copy_binary(conn, table, names, body)
+
+
+@dataclass
+class _Encoded:
+    """One aggregate's combined rows, encoded: users new in the window, the others."""
+
+    name: str
+    touched: list[pa.Buffer]  # batch_users rows (with user_stats)
+    fresh: list[pa.Buffer]
+    known: list[pa.Buffer]
 
 
 # ``batch_users`` is copied into directly: its own column types (``n_events`` is an integer).
@@ -301,35 +315,48 @@ class Window:
         if self.rows >= self.max_rows:
             self.flush()
 
+    def _encoded(self, name: str, frames: list[pd.DataFrame]) -> _Encoded:
+        """Combine, order and encode one aggregate's pending rows (no database work)."""
+        rows = _combine(name, frames)
+        # In user order: the primary key's index then takes rows page by page (measured:
+        # 2.7x less database time than 2M rows in random order; 20% less than the blocks'
+        # order of the simulator's aggregate rows).
+        rows = rows.take(np.argsort(rows["user_key"].to_numpy(), kind="stable"))
+        touched: list[pa.Buffer] = []
+        if name == "user_stats" and self.batch_id is not None:
+            batch = pd.DataFrame(
+                {
+                    "batch_id": np.full(len(rows), self.batch_id, dtype=np.int64),
+                    "user_key": rows["user_key"].to_numpy(),
+                    "n_events": rows["n_events"].to_numpy(),
+                }
+            )
+            touched = _encode(batch, UPSERT_COLUMNS["batch_users"], _BATCH_TYPES)
+        names, types = UPSERT_COLUMNS[name], table_types(name)
+        fresh = rows["user_key"].to_numpy() > self.floor
+        return _Encoded(
+            name, touched, _encode(rows[fresh], names, types), _encode(rows[~fresh], names, types)
+        )
+
     def flush(self) -> None:
-        """Fold every pending row into the aggregates."""
-        for name, frames in self.pending.items():
-            rows = _combine(name, frames)
-            # In user order: the primary key's index then takes rows page by page (measured:
-            # 2.7x less database time than 2M rows in random order; 20% less than the blocks'
-            # order of the simulator's aggregate rows).
-            rows = rows.take(np.argsort(rows["user_key"].to_numpy(), kind="stable"))
-            if name == "user_stats" and self.batch_id is not None:
-                touched = pd.DataFrame(
-                    {
-                        "batch_id": np.full(len(rows), self.batch_id, dtype=np.int64),
-                        "user_key": rows["user_key"].to_numpy(),
-                        "n_events": rows["n_events"].to_numpy(),
-                    }
-                )
-                names = UPSERT_COLUMNS["batch_users"]
-                _copy(self.conn, "batch_users", touched, names, _BATCH_TYPES)
-            names = UPSERT_COLUMNS[name]
-            types = table_types(name)
-            fresh = rows["user_key"].to_numpy() > self.floor
-            _copy(self.conn, name, rows[fresh], names, types)
-            if not fresh.all():
-                table = f"_part_{name}"
-                create_temp_like(
-                    self.conn, table, ", ".join(f"{c} {_SQL_TYPES[types[c]]}" for c in names)
-                )
-                _copy(self.conn, table, rows[~fresh], names, types)
-                self.conn.execute(text(upsert_from(name, table)))
+        """Fold every pending row into the aggregates.
+
+        A helper thread combines and encodes the next aggregate's rows while this one's are
+        sent (the database works in its own process; Arrow and the socket release the GIL).
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-flush") as pool:
+            jobs = [pool.submit(self._encoded, n, f) for n, f in self.pending.items()]
+            for job in jobs:
+                enc = job.result()
+                names, types = UPSERT_COLUMNS[enc.name], table_types(enc.name)
+                _copy(self.conn, "batch_users", UPSERT_COLUMNS["batch_users"], enc.touched)
+                _copy(self.conn, enc.name, names, enc.fresh)
+                if enc.known:
+                    table = f"_part_{enc.name}"
+                    columns = ", ".join(f"{c} {_SQL_TYPES[types[c]]}" for c in names)
+                    create_temp_like(self.conn, table, columns)
+                    _copy(self.conn, table, names, enc.known)
+                    self.conn.execute(text(upsert_from(enc.name, table)))
         self.pending = {}
         self.rows = 0
         self.batch_id = None
