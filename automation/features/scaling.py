@@ -79,6 +79,10 @@ def _col(raw: pd.DataFrame, name: str) -> np.ndarray | None:
     return raw[name].to_numpy(dtype="float64") if name in raw.columns else None
 
 
+def _values(raw: pd.DataFrame, name: str, shrunk: dict[str, np.ndarray]) -> np.ndarray:
+    return shrunk[name] if name in shrunk else raw[name].to_numpy(dtype="float64")
+
+
 def _evidence(raw: pd.DataFrame) -> dict[str, np.ndarray]:
     """How many observations each user's ratio and share features rest on (raw counts)."""
     out: dict[str, np.ndarray] = {}
@@ -106,6 +110,11 @@ def _evidence(raw: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def shrink(raw: pd.DataFrame, priors: dict[str, float]) -> pd.DataFrame:
+    """``raw`` with the columns of :func:`shrunk_columns` replaced."""
+    return raw.assign(**shrunk_columns(raw, priors))
+
+
+def shrunk_columns(raw: pd.DataFrame, priors: dict[str, float]) -> dict[str, np.ndarray]:
     """Ratios and shares pulled towards the population value by the evidence behind them.
 
     A user with 3 views and 1 cart has a view-to-cart rate of 0.33 on paper, as far from the
@@ -116,8 +125,9 @@ def shrink(raw: pd.DataFrame, priors: dict[str, float]) -> pd.DataFrame:
     ``rating_mean`` of 0 (no ratings) becomes the population mean of those who rated, and
     ``activity_trend`` is 0 unless the user's history covers both 90-day windows (a newer user's
     "orders before" window is empty, which made every buyer's trend +1), shrunk by orders.
+    Only the changed columns are returned (no copy of the frame: an update transforms every user).
     """
-    out = raw.copy()
+    out: dict[str, np.ndarray] = {}
     ev = _evidence(raw)
     for name in raw.columns:
         key = "aff_" if name.startswith("aff_") else name
@@ -180,12 +190,12 @@ class FeatureScaler:
             raise ValidationError("cannot fit the scaler on an empty feature table")
         self.priors_ = fit_priors(raw)
         self.shrink_ = True
-        prepared = shrink(raw, self.priors_)
+        shrunk = shrunk_columns(raw, self.priors_)
         centers: dict[str, float] = {}
         scales: dict[str, float] = {}
         constant: list[str] = []
         for name in raw.columns:
-            x = transform_column(name, prepared[name].to_numpy(dtype="float64"))
+            x = transform_column(name, _values(raw, name, shrunk))
             if np.nanstd(x) == 0:
                 constant.append(name)
             # The standard deviation, not the IQR: a column concentrated on a few values with a
@@ -214,11 +224,10 @@ class FeatureScaler:
             raise ValidationError(f"features missing from the table: {', '.join(missing)}")
         # Column by column into a feature-major buffer (contiguous writes), then one transpose:
         # the same values as stacking the columns, without a strided write per column.
-        if self.shrink_:
-            raw = shrink(raw, self.priors_)
+        shrunk = shrunk_columns(raw, self.priors_) if self.shrink_ else {}
         out = np.empty((len(self.features_), len(raw)), dtype=np.float64)
         for j, name in enumerate(self.features_):
-            x = transform_column(name, raw[name].to_numpy(dtype="float64"))
+            x = transform_column(name, _values(raw, name, shrunk))
             z = (np.nan_to_num(x, nan=self.center_[name]) - self.center_[name]) / self.scale_[name]
             np.multiply(np.clip(z, -self.clip, self.clip), self.weight_[name], out=out[j])
         return np.ascontiguousarray(out.T)
