@@ -112,6 +112,7 @@ def write_outbox(
             rows.append(_event("Segment Exited", version_id, user, from_seg, stamp, extra, names))
         extra = {"from": from_seg, "reason": reason}
         rows.append(_event("Segment Entered", version_id, user, str(to_seg), stamp, extra, names))
+    seen: dict[str, int] = {}
     for t in transitions:
         kind = {
             "born": "Segment Born",
@@ -123,17 +124,22 @@ def write_outbox(
             "drifted": "Segment Drifted",
         }.get(t["type"])
         if kind:
-            rows.append(
-                _event(
-                    kind,
-                    version_id,
-                    None,
-                    t["segments"][0],
-                    stamp,
-                    {"segments": t["segments"], "evidence": t["evidence"]},
-                    names,
-                )
+            row = _event(
+                kind,
+                version_id,
+                None,
+                t["segments"][0],
+                stamp,
+                {"segments": t["segments"], "evidence": t["evidence"]},
+                names,
             )
+            # One update can report two changes of a kind on one segment (a segment absorbing
+            # two others, a behaviour drift beside a centre shift): numbered in the update's
+            # order, so the key stays unique and the same on a retry.
+            seen[row["key"]] = seen.get(row["key"], 0) + 1
+            if seen[row["key"]] > 1:
+                row["key"] = f"{row['key']}:{seen[row['key']]}"
+            rows.append(row)
     if not rows:
         return 0
     frame = pd.DataFrame(rows)
