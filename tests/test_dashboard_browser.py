@@ -41,7 +41,9 @@ pytestmark = pytest.mark.skipif(
 def seeded_store(tmp: Path) -> str:
     url = f"sqlite:///{tmp / 'shop.db'}"
     engine = api.connect(url)
-    sim = simulate(n_users=3000, days=36, seed=2, scenarios=["emerging@24"], target_events=90_000)
+    # 6,000 users: with 3,000 the warm-up finds two broad segments and the newcomers (a few
+    # hundred) raise no alarm in twelve days, so the alerts table would be empty.
+    sim = simulate(n_users=6000, days=36, seed=2, scenarios=["emerging@24"], target_events=180_000)
     days = ((sim.events["timestamp"] - START).dt.days).to_numpy()
     for lo, hi in ((0, 20), *((d, d + 1) for d in range(20, 36))):
         part = tmp / f"d{lo}.csv"

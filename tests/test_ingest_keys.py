@@ -194,3 +194,21 @@ def test_a_unique_violation_falls_back_to_the_upsert(pg_url: str, tmp_path: Path
     assert set(stored) == {"u1", "u2", "u3"} and keys.users.known == stored
     assert _orphans(pg_engine) == 0
     pg_engine.dispose()
+
+
+def test_a_primed_cache_knows_every_user_and_stays_true(engine: Engine, tmp_path: Path) -> None:
+    """A service primes its cache at start: the store's users are known, new ones take the
+    copy path, and an erasure after the priming still empties the cache."""
+    _commit(engine, tmp_path, "a.csv", ["u1,view,1700000000,i1,,c,2.0,,"], KeyCache())
+    keys = KeyCache()
+    with engine.connect() as conn:
+        assert keys.prime(conn)
+    assert keys.users.known == _user_keys(engine) and keys.users.complete
+    assert _commit(engine, tmp_path, "b.csv", ["u2,view,1700000100,i1,,c,2.0,,"], keys) == 1
+    assert keys.users.complete and keys.users.known == _user_keys(engine)
+    erase_user(engine, "u1")
+    assert _commit(engine, tmp_path, "c.csv", ["u3,view,1700000200,i1,,c,2.0,,"], keys) == 1
+    assert "u1" not in keys.users.known and keys.users.known["u3"] == _user_keys(engine)["u3"]
+    assert _orphans(engine) == 0
+    with engine.connect() as conn:
+        assert not KeyCache(max_keys=3).prime(conn)  # 2 users: more than half of 3

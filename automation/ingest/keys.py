@@ -230,6 +230,27 @@ class KeyCache:
         self.users.added.clear()
         self.items.added.clear()
 
+    def prime(self, conn: Connection) -> bool:
+        """Learn every user's key at once (a service starting on a store), if they fit in half
+        of ``max_keys``; the map is then :attr:`KeyMap.complete`, so new users are copied in.
+        Returns whether it did. The erasure counter is read first: an erasure meanwhile still
+        empties the cache at the next :meth:`check`."""
+        with self.lock:
+            count = conn.execute(text("SELECT count FROM locks WHERE name = 'erasure'")).scalar()
+            n = int(conn.execute(text("SELECT COUNT(*) FROM users")).scalar_one())
+            if n > self.max_keys // 2:
+                return False
+            rows = read_frame(conn, "SELECT external_id, id FROM users")
+            users = self.users
+            users.clear()
+            ids = rows["id"].to_numpy(dtype=np.int64)
+            external = rows["external_id"].astype("str").tolist()
+            users.known.update(zip(external, ids.tolist(), strict=True))
+            users.top = int(ids.max()) if len(ids) else 0
+            users.complete = True
+            self.erasures = int(count or 0)
+            return True
+
     def rollback(self) -> None:
         """The transaction failed: the keys it learnt name rows that were never committed."""
         for keymap in (self.users, self.items):

@@ -37,6 +37,8 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServiceState(open_store(chosen.database_url), chosen)
+        with state.engine.connect() as conn:  # new users then skip the upsert (keys.py)
+            state.keys.prime(conn)
         app.state.shoal = state
         folder = Folder(state, embedded=not chosen.broker_url) if background else None
         app.state.folder = folder
