@@ -18,6 +18,11 @@ Features (raw, before scaling; missing values handled as stated):
 ``activity_trend``      (orders in the last 90 days - orders in the 90 before) / their sum, in
                         [-1, 1]; 0 without orders in either window
 ``n_views``, ``n_carts``, ``view_to_cart``, ``cart_to_purchase``   only where such events exist
+``units_per_line``      units per purchased line (net of refunds); 0 without purchases; only where
+                        quantities vary (bulk baskets against single pieces)
+``price_index``         mean over purchased lines of log(item price / median price of the item's
+                        category); 0 without purchases; only where items have categories and prices
+                        (what a user pays, apart from how many: cheap against dear items)
 ``rating_mean``         only where ratings exist
 ``aff_<category>``      share of the user's interactions (views 1, carts 2, purchases 4) in each of
                         the top categories, plus ``aff_other``; where items have no category,
@@ -152,11 +157,15 @@ def build_features(
     item_params = params if items_src != "user_items" else None
     items = read_frame(
         conn,
-        f"""SELECT user_key, SUM(CASE WHEN n_purchases > 0 THEN 1 ELSE 0 END) AS distinct_items
+        f"""SELECT user_key, SUM(CASE WHEN n_purchases > 0 THEN 1 ELSE 0 END) AS distinct_items,
+                   SUM(quantity) AS units, SUM(n_purchases - n_refunds) AS kept_lines
             FROM {items_src} i WHERE TRUE{only} GROUP BY user_key""",
         item_params,
     )
     frame = _compose(stats, orders, items, at)
+    index = price_index(conn, items_src, item_params, only, frame.index)
+    if index is not None:
+        frame["price_index"] = index
     if affinity_model is not None:
         model = affinity_model
         affinity = apply_affinity(conn, model, frame.index, only)
@@ -172,6 +181,42 @@ def build_features(
     return FeatureTable(
         frame=frame, external_ids=ext, as_of=at, affinity=model.kind, affinity_model=model
     )
+
+
+def price_index(
+    conn: Connection,
+    items_src: str,
+    params: dict[str, object] | None,
+    only: str,
+    users: pd.Index,
+) -> pd.Series | None:
+    """Per user, the mean over purchased lines of log(item price / its category's median price).
+
+    The simulator's personas (and shoppers) differ in *which* items they pick within a category,
+    cheap or dear, apart from how many units they take: ``avg_order_value`` mixes both. ``None``
+    (no column) when items have no categories or prices."""
+    cat = read_frame(
+        conn,
+        "SELECT id AS item_key, category, price FROM items"
+        " WHERE category IS NOT NULL AND price > 0",
+    )
+    if cat.empty:
+        return None
+    log_price = pd.Series(np.log(cat["price"].to_numpy(dtype="float64")), index=cat.index)
+    rel = pd.Series(
+        (log_price - log_price.groupby(cat["category"]).transform("median")).to_numpy(),
+        index=cat["item_key"].astype("int64"),
+    )
+    lines = read_frame(
+        conn,
+        f"SELECT user_key, item_key, n_purchases FROM {items_src} i WHERE n_purchases > 0{only}",
+        params,
+    )
+    r = rel.reindex(lines["item_key"].astype("int64")).to_numpy()
+    n = np.where(np.isnan(r), 0.0, lines["n_purchases"].to_numpy(dtype="float64"))
+    by_user = pd.DataFrame({"w": n * np.nan_to_num(r), "n": n}, index=lines["user_key"])
+    sums = by_user.groupby(level=0).sum().reindex(users)
+    return (sums["w"] / sums["n"].where(sums["n"] > 0)).fillna(0.0)
 
 
 def _days(delta: pd.Series) -> pd.Series:
@@ -219,6 +264,11 @@ def _compose(
         f["cart_to_purchase"] = (
             (s["n_purchases"].astype("float64") / carts.where(carts > 0)).clip(0, 1).fillna(0.0)
         )
+    units = it["units"].fillna(0).astype("float64")
+    kept = it["kept_lines"].fillna(0).astype("float64")
+    per_line = (units / kept.where(kept > 0)).clip(lower=0)
+    if per_line.notna().any() and per_line.max() > per_line.min():
+        f["units_per_line"] = per_line.fillna(0.0)
     if s["n_ratings"].sum() > 0:
         n_r = s["n_ratings"].astype("float64")
         f["rating_mean"] = (s["rating_sum"] / n_r.where(n_r > 0)).fillna(0.0)

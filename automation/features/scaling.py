@@ -3,7 +3,8 @@
 Per column, in order:
 
 0. **Shrinkage** (:func:`shrink`). Ratios and shares measured on a handful of events
-   (``view_to_cart``, ``cart_to_purchase``, ``refund_rate``, ``aff_*``) are pulled towards the
+   (``view_to_cart``, ``cart_to_purchase``, ``refund_rate``, ``aff_*``, ``units_per_line``,
+   ``price_index``) are pulled towards the
    population value by the evidence behind them; ``rating_mean`` without ratings is the raters'
    mean, not 0; ``activity_trend`` counts only once a user's history covers both of its windows.
    Without it, the users with few events scattered over every segment (a k-means on the
@@ -46,6 +47,7 @@ LOG_COLUMNS = {
     "distinct_items",
     "n_views",
     "n_carts",
+    "units_per_line",
 }
 SIGNED_LOG_COLUMNS = {"monetary"}
 BOUNDED_PREFIXES = ("aff_", "refund_rate", "view_to_cart", "cart_to_purchase", "activity_trend")
@@ -55,8 +57,10 @@ PSEUDO = {
     "refund_rate": 2.0,
     "aff_": 20.0,
     "activity_trend": 2.0,
+    "units_per_line": 3.0,
+    "price_index": 3.0,
 }
-"""Pseudo-counts of the shrinkage (views, carts, orders, weighted interactions, orders)."""
+"""Pseudo-counts of the shrinkage (views, carts, orders, weighted interactions, orders, lines)."""
 AFFINITY_WEIGHT = 2.0
 """Total weight of the affinity columns (a composition: they share it)."""
 TREND_SPAN_DAYS = 180.0
@@ -106,6 +110,10 @@ def _evidence(raw: pd.DataFrame) -> dict[str, np.ndarray]:
     ]
     if parts:
         out["aff_"] = np.sum(parts, axis=0)
+    if bought is not None:  # purchased lines (distinct items where carts are not recorded)
+        for name in ("units_per_line", "price_index"):
+            if name in raw.columns:
+                out[name] = np.nan_to_num(bought)
     return out
 
 
