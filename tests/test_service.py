@@ -18,6 +18,7 @@ from sqlalchemy import Engine, inspect, text
 
 from automation import api
 from automation.config import Settings
+from automation.features.build import ts_param
 from automation.service import create_app
 from automation.simulate import simulate
 from automation.store.db import open_store
@@ -225,16 +226,74 @@ def _tables_with_user(engine: Engine, key: int, external: str) -> list[str]:
     return found
 
 
+def _first_member(client: TestClient) -> tuple[str, str]:
+    """(the first segment's id, its first member's user id)."""
+    sid = client.get("/v1/segments").json()["segments"][0]["id"]
+    return sid, client.get(f"/v1/segments/{sid}/members?page_size=1").json()["users"][0]
+
+
+def _key_of(conn: Any, user: str) -> int:
+    return int(
+        conn.execute(text("SELECT id FROM users WHERE external_id = :x"), {"x": user}).scalar_one()
+    )
+
+
+def test_lookup_fast_path_routing_and_migrations_match_the_library(
+    client: TestClient, db_url: str
+) -> None:
+    """The support lookup reads key, routing and migrations in one query: same answer as
+    ``api.user`` (the library's path), newest ``migrations`` kept, oldest first."""
+    sid, user = _first_member(client)
+    engine = open_store(db_url)
+    with engine.begin() as conn:
+        key = _key_of(conn, user)
+        version = conn.execute(text("SELECT MAX(id) FROM segmentations")).scalar()
+        for i, (at, to) in enumerate(
+            [("2024-01-20", "x"), ("2024-01-03", "y"), ("2024-01-20", "z")]
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO segment_migrations (version_id, base_id, user_key, from_segment, "
+                    "to_segment, at, reason, n_events) VALUES (:v, :v, :u, :f, :t, :at, 'update', 1)"
+                ),
+                {
+                    "v": version,
+                    "u": key,
+                    "f": f"s{i}",
+                    "t": to,
+                    "at": ts_param(conn, pd.Timestamp(at, tz="UTC")),
+                },
+            )
+        conn.execute(
+            text(
+                "INSERT INTO routing (user_key, campaign, segment_id, queue, priority, script, "
+                "updated_at) VALUES (:u, 'vip', :s, 'gold', 2, 'Hello', :t)"
+            ),
+            {"u": key, "s": sid, "t": ts_param(conn, pd.Timestamp("2024-01-21", tz="UTC"))},
+        )
+    lib = api.user(engine, user)
+    engine.dispose()
+    got = client.get(f"/v1/users/{user}?migrations=2").json()
+    assert got["segment"]["id"] == sid and got["routing"] == lib["routing"]
+    assert got["routing"]["queue"] == "gold" and got["routing"]["priority"] == 2
+    want = [{k: m[k] for k in ("from", "to", "at", "reason", "version")} for m in lib["history"]]
+    assert [m["to"] for m in want][-3:] == ["y", "x", "z"]  # by time, then insertion
+    assert got["migrations"] == want[-2:]
+    assert client.get(f"/v1/users/{user}?migrations=0").json()["migrations"] == []
+    alone = client.get(f"/v1/users/{user}").json()
+    assert alone["features"] == got["features"] and alone["routing"] == got["routing"]
+    metrics = client.get("/metrics").text
+    assert 'route="/v1/users/{user_id}",status="200"' in metrics
+
+
 def test_erasure_leaves_no_trace(
     client: TestClient, db_url: str, shop_files: dict[str, Any], tmp_path: Path
 ) -> None:
     segs = client.get("/v1/segments").json()["segments"]
-    victim = client.get(f"/v1/segments/{segs[0]['id']}/members?page_size=1").json()["users"][0]
+    _, victim = _first_member(client)
     engine = open_store(db_url)
     with engine.connect() as conn:
-        key = conn.execute(
-            text("SELECT id FROM users WHERE external_id = :x"), {"x": victim}
-        ).scalar()
+        key = _key_of(conn, victim)
     bad = {"userId": victim, "event": "Teleported", "timestamp": "2024-01-20T10:00:00Z"}
     assert client.post("/v1/track", json=bad, headers=AUTH).json()["rejected"] == 1
     assert "quarantine" in _tables_with_user(engine, int(key), victim)

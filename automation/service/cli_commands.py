@@ -29,8 +29,16 @@ from automation.config import Settings
     type=click.IntRange(1, 64),
     help="Server processes (each runs its own background loop).",
 )
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    help="Log one line per request (latencies by route are in /metrics either way).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print start-up errors as JSON.")
-def serve(db: str | None, host: str, port: int, workers: int, as_json: bool) -> None:
+def serve(
+    db: str | None, host: str, port: int, workers: int, access_log: bool, as_json: bool
+) -> None:
     """Serve the API (Segment-compatible ingest, user and segment lookups, recommendations,
     campaigns, erasure, /metrics) and the dashboard at /; OpenAPI at /docs.
 
@@ -50,7 +58,13 @@ def serve(db: str | None, host: str, port: int, workers: int, as_json: bool) -> 
                 err=True,
             )
         if workers == 1:
-            uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+            uvicorn.run(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_level="info",
+                access_log=access_log,
+            )
             return
         # Several processes: each builds its app from the environment (same store, same token).
         os.environ["SHOAL_DATABASE_URL"] = settings.database_url
@@ -62,4 +76,5 @@ def serve(db: str | None, host: str, port: int, workers: int, as_json: bool) -> 
             port=port,
             workers=workers,
             log_level="info",
+            access_log=access_log,
         )

@@ -1,10 +1,11 @@
 """The support lookup's fast path: a caller's segment and features from the newest snapshot.
 
 Every fold stores the per-user features and segment ids of the new version (the feature
-snapshot); the background loop loads it once per version into memory, so ``GET
-/v1/users/{id}`` answers with three indexed queries (the user's key, routing, latest migrations)
-and an array lookup, instead of recomputing features per request. Users who arrived after the
-newest version (not folded yet) take the library's path (:func:`automation.api.user`).
+snapshot); the API process loads it once per version into memory, so ``GET /v1/users/{id}``
+answers with one round trip to the store (:data:`_LOOKUP`: the user's key, routing and latest
+migrations, all indexed) and an array lookup, instead of recomputing features per request.
+Users who arrived after the newest version (not folded yet) take the library's path
+(:func:`automation.api.user`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, text
 
-from automation.campaigns.store import routing_of
 from automation.store.segmentations import current_version, segments_of
 from automation.store.snapshots import load_snapshot
 
@@ -54,21 +54,43 @@ def load(conn: Connection) -> Snapshot | None:
     )
 
 
+_LOOKUP = text(
+    """WITH u AS (SELECT id FROM users WHERE external_id = :x)
+    SELECT 0 AS kind, u.id AS ukey, r.queue AS a, r.script AS b, r.campaign AS c,
+           r.segment_id AS d, r.priority AS e, r.updated_at AS ts, 0 AS mid
+    FROM u LEFT JOIN routing r ON r.user_key = u.id
+    UNION ALL
+    SELECT * FROM (
+        SELECT 1, m.user_key, m.from_segment, m.to_segment, m.reason, NULL, m.version_id, m.at,
+               m.id
+        FROM segment_migrations m WHERE m.user_key = (SELECT id FROM u)
+        ORDER BY m.at DESC, m.id DESC LIMIT :n) mm"""
+)
+"""The user's key, routing and latest migrations in one round trip (the first row: key and
+routing, its routing columns NULL when the user has none; then the migrations, newest first)."""
+
+
 def lookup(conn: Connection, snap: Snapshot, user_id: str, n_moves: int) -> dict[str, Any] | None:
     """``None`` when the user is not in the snapshot (the caller falls back)."""
-    key = conn.execute(text("SELECT id FROM users WHERE external_id = :x"), {"x": user_id}).scalar()
-    if key is None or int(key) not in snap.rows or snap.labels is None:
+    rows = conn.execute(_LOOKUP, {"x": user_id, "n": n_moves}).all()
+    if not rows or rows[0].kind != 0 or snap.labels is None:
         return None
-    row = snap.rows[int(key)]
+    head = rows[0]
+    row = snap.rows.get(int(head.ukey))
+    if row is None:
+        return None
     seg = str(snap.labels[row])
-    route = routing_of(conn, int(key))
-    moves = conn.execute(
-        text(
-            "SELECT from_segment, to_segment, at, reason, version_id FROM segment_migrations "
-            "WHERE user_key = :u ORDER BY at DESC, id DESC LIMIT :n"
-        ),
-        {"u": int(key), "n": n_moves},
-    ).all()
+    route = None
+    if head.a is not None:  # queue is NOT NULL in routing: the user has a routing row
+        route = {
+            "queue": head.a,
+            "priority": int(head.e),
+            "script": head.b,
+            "campaign": head.c,
+            "segment_id": head.d,
+            "since": str(head.ts),
+        }
+    moves = sorted(rows[1:], key=lambda m: (pd.Timestamp(m.ts), m.mid))  # oldest first
     return {
         "user_id": user_id,
         "as_of": snap.as_of,
@@ -79,15 +101,15 @@ def lookup(conn: Connection, snap: Snapshot, user_id: str, n_moves: int) -> dict
             "as_of": snap.version_as_of,
         },
         "routing": route,
-        "features": {c: float(v) for c, v in zip(snap.columns, snap.values[row], strict=True)},
+        "features": dict(zip(snap.columns, snap.values[row].tolist(), strict=True)),
         "migrations": [
             {
-                "from": m.from_segment,
-                "to": m.to_segment,
-                "at": pd.Timestamp(m.at).isoformat(),
-                "reason": m.reason,
-                "version": m.version_id,
+                "from": m.a,
+                "to": m.b,
+                "at": pd.Timestamp(m.ts).isoformat(),
+                "reason": m.c,
+                "version": m.e,
             }
-            for m in reversed(moves)
+            for m in moves
         ],
     }
