@@ -41,6 +41,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no learned re-ranker": {"rerank": "none"},
     "no early-orders prior": {"w_early": 0.0},
     "no segment trend": {"w_segtrend": 0.0},
+    "no segment repeat rates (w_segrepeat)": {"w_segrepeat": 0.0},
     "no content": {"w_content": 0.0},
     "no basket": {"w_basket": 0.0},
     "no EASE": {"w_ease": 0.0},

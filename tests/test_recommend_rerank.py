@@ -13,8 +13,8 @@ import pytest
 from automation.errors import ValidationError
 from automation.recommend import Interactions, Recommender
 from automation.recommend.context import NO_SEGMENT
-from automation.recommend.hybrid import COMPONENTS, HybridRecommender
-from automation.recommend.priors import early_orders, order_rank, rows_for
+from automation.recommend.hybrid import COMPONENTS, TREND_HALF_LIVES, HybridRecommender
+from automation.recommend.priors import early_orders, order_rank, repeat_rates, rows_for
 from automation.recommend.rerank import before, feature_names
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
@@ -118,3 +118,59 @@ def test_rerank_and_history_parameters_are_checked() -> None:
         HybridRecommender(history="days")
     with pytest.raises(ValidationError, match="early_rank"):
         HybridRecommender(early_rank=1)
+
+
+def test_repeat_rates_per_segment_and_the_segment_repeat_component() -> None:
+    rows = [
+        ("a", ["x", "y"], 0),
+        ("a", ["x"], 10),  # a buys x again, y once
+        ("b", ["x", "y"], 1),
+        ("b", ["y"], 12),  # b buys y again, x once
+        ("c", ["x", "y"], 2),
+        ("c", ["x"], 20),  # c (like a) buys x again
+    ]
+    inter = orders(rows, {"a": "s1", "b": "s2", "c": "s1"})
+    pos = inter.catalogue.index()
+    codes = np.array([0, 1, 0])  # a: s1, b: s2, c: s1
+    rates = repeat_rates(inter, codes, 2, smooth=0.0)
+    assert rates.shape == (3, inter.n_items)
+    everyone, s1, s2 = rates
+    assert everyone[pos["x"]] == pytest.approx(2 / 3) and everyone[pos["y"]] == pytest.approx(1 / 3)
+    assert s1[pos["x"]] == 1.0 and s1[pos["y"]] == 0.0
+    assert s2[pos["x"]] == 0.0 and s2[pos["y"]] == 1.0
+    smoothed = repeat_rates(inter, codes, 2, smooth=3.0)
+    assert s2[pos["y"]] > smoothed[2, pos["y"]] > everyone[pos["y"]]  # shrunk towards everyone
+    assert smoothed[0, pos["y"]] == pytest.approx((1 + 3 * 0.5) / (3 + 3))  # overall 3 of 6
+    # the component: a customer's own items, ordered by how often their segment buys them again
+    model = HybridRecommender(
+        w_segrepeat=1.0, repeat_smooth=0.0, w_repeat=0.0, w_als=0.0, w_cf=0.0, w_basket=0.0,
+        w_content=0.0, w_next=0.0, w_segment=0.0, w_trend=0.0,
+    ).fit(inter)  # fmt: skip
+    for user, segment in (("a", "s1"), ("b", "s2")):
+        rows_ = model.context.rows_of([user])
+        seg = model.context.segments_for(rows_)
+        got = model.components(rows_, seg)["segrepeat"][0]
+        assert (got[pos["x"]] > got[pos["y"]]) == (segment == "s1")
+        ids = [r.item_id for r in model.recommend(user, n=2, filter_seen=False)]
+        assert ids[0] == ("x" if segment == "s1" else "y")
+
+
+def test_trend_half_life_chosen_among_the_fitted_ones_and_saved(tmp_path: Path) -> None:
+    inter = trending_shop()
+    model = HybridRecommender(w_trend=1.0, w_als=0.0, trend_half_life=5.0).fit(inter)
+    assert sorted(model.trends_) == sorted({*TREND_HALF_LIVES, 5.0})
+    short = model.trend_.copy()
+    model.params["trend_half_life"] = 14.0
+    assert not np.allclose(short, model.trend_)  # another half-life, another trend
+    pos = inter.catalogue.index()
+    assert model.trend_[pos["hot"]] == model.trend_.max()  # bought by everyone lately
+    path = tmp_path / "trends.npz"
+    model.save(path)
+    again = Recommender.load(path)
+    assert isinstance(again, HybridRecommender)
+    for hl in model.trends_:
+        again.params["trend_half_life"] = hl
+        model.params["trend_half_life"] = hl
+        np.testing.assert_allclose(again.trend_, model.trend_)
+    with pytest.raises(ValidationError, match="segtrend_half_life"):
+        HybridRecommender(segtrend_half_life=0.0)

@@ -9,10 +9,14 @@ For user ``u`` with ``n_u`` distinct items in their (recency-decayed) history an
     within orders (``basket``), TF-IDF neighbours of the item texts (``content``), what customers
     bought in their next orders after the user's items (``next``) and EASE weights (``ease``),
     both read from the user's items weighted by recency (``anchor_half_life``: the last basket
-    counts 1), and ALS. A component is fitted only when its weight is positive.
+    counts 1), and ALS; and ``w_segrepeat * segrepeat``: the user's own items, each weighted by
+    how often the user's segment buys it again (:func:`~automation.recommend.priors.repeat_rates`,
+    smoothed with ``repeat_smooth`` pseudo-buyers) and by the square root of its trend (what is
+    selling now gets bought again now). A component is fitted only when its weight is positive.
 ``prior(s, i)``
     ``w_segment * segment + w_trend * trend``: the segment's time-decayed popularity and the
-    global popularity over the last days (``trend_half_life``), each scaled to a maximum of 1.
+    global popularity over the last days (``trend_half_life``, one of ``TREND_HALF_LIVES``, all
+    fitted, so tuning chooses among them), each scaled to a maximum of 1.
 ``score``
     ``own + shrink / (n_u + shrink) * prior``: the less history, the more the segment decides
     (``shrink = 0`` adds the prior at full weight for everyone). Then segment-conditioned
@@ -42,7 +46,7 @@ from automation.recommend.context import NO_SEGMENT, csr_arrays, csr_from, disti
 from automation.recommend.data import FloatArray, IntArray, Interactions
 from automation.recommend.ease import ease_weights
 from automation.recommend.knn import anchor_reasons
-from automation.recommend.priors import early_orders, rows_for, segment_trend
+from automation.recommend.priors import early_orders, repeat_rates, rows_for, segment_trend
 from automation.recommend.sequence import recent_profile, transition_similarity
 from automation.recommend.similarity import (
     cooccurrence_similarity,
@@ -62,9 +66,11 @@ COMPONENTS = (
     "trend",
     "early",
     "segtrend",
+    "segrepeat",
 )
 PRIOR = ("segment", "trend", "early", "segtrend")
 LIFT_CLIP = 4.0
+TREND_HALF_LIVES = (2.0, 7.0, 14.0)  # fitted side by side, so tuning can choose among them
 
 
 class HybridRecommender(Recommender):
@@ -83,11 +89,13 @@ class HybridRecommender(Recommender):
         "w_trend": 0.25,
         "w_early": 0.0,
         "w_segtrend": 0.0,
+        "w_segrepeat": 0.0,
         "shrink": 10.0,
         "history": "items",
         "early_half_life": 90.0,
         "early_rank": 3,
         "prior_smooth": 50.0,
+        "repeat_smooth": 10.0,
         "rerank": "none",
         "ranker_days": 0.0,
         "ranker_candidates": 100,
@@ -102,6 +110,7 @@ class HybridRecommender(Recommender):
         "ease_k": 200,
         "anchor_half_life": 90.0,
         "trend_half_life": 14.0,
+        "segtrend_half_life": 14.0,
         "als_factors": 64,
         "als_regularization": 0.1,
         "als_alpha": 0.25,
@@ -140,10 +149,12 @@ class HybridRecommender(Recommender):
             raise ValidationError(f"ranker_c={p['ranker_c']} should be > 0")
         if int(p["early_rank"]) < 2:
             raise ValidationError(f"early_rank={p['early_rank']} should be >= 2")
-        if float(p["prior_smooth"]) < 0:
-            raise ValidationError(f"prior_smooth={p['prior_smooth']} should be >= 0")
-        if float(p["trend_half_life"]) <= 0:
-            raise ValidationError(f"trend_half_life={p['trend_half_life']} should be > 0")
+        for key in ("prior_smooth", "repeat_smooth"):
+            if float(p[key]) < 0:
+                raise ValidationError(f"{key}={p[key]} should be >= 0")
+        for key in ("trend_half_life", "segtrend_half_life"):
+            if float(p[key]) <= 0:
+                raise ValidationError(f"{key}={p[key]} should be > 0")
 
     # ------------------------------------------------------------------ fitting
     def _fit(self, interactions: Interactions) -> None:
@@ -175,7 +186,10 @@ class HybridRecommender(Recommender):
             if self._wanted("ease")
             else empty
         )
-        self.trend_ = distinct_user_popularity(interactions, float(p["trend_half_life"]))
+        self.trends_ = {
+            hl: distinct_user_popularity(interactions, hl)
+            for hl in sorted({*TREND_HALF_LIVES, float(p["trend_half_life"])})
+        }
         self.lift_ = self._lift()
         n_seg = len(ctx.segment_ids)
         none = np.zeros((1 + n_seg, ctx.n_items))
@@ -196,10 +210,15 @@ class HybridRecommender(Recommender):
                 interactions,
                 ctx.user_segment,
                 n_seg,
-                float(p["trend_half_life"]),
+                float(p["segtrend_half_life"]),
                 float(p["prior_smooth"]),
             )
             if self._wanted("segtrend")
+            else none
+        )
+        self.rates_ = (
+            repeat_rates(interactions, ctx.user_segment, n_seg, float(p["repeat_smooth"]))
+            if self._wanted("segrepeat") or float(p["ranker_days"]) > 0
             else none
         )
         self.als_: ALSRecommender | None = None
@@ -211,6 +230,13 @@ class HybridRecommender(Recommender):
         self.ranker_: dict[str, FloatArray] = {}
         if float(p["ranker_days"]) > 0:
             self.ranker_ = rerank_module.train(self, interactions, COMPONENTS)
+
+    @property
+    def trend_(self) -> FloatArray:
+        """Distinct buyers per item, decayed with ``trend_half_life`` (among the fitted ones, the
+        nearest)."""
+        hl = float(self.params["trend_half_life"])
+        return self.trends_[min(self.trends_, key=lambda h: (abs(h - hl), h))]
 
     def _wanted(self, component: str) -> bool:
         """Whether a component has weight (so is fitted)."""
@@ -261,7 +287,12 @@ class HybridRecommender(Recommender):
     def components(self, rows: IntArray, segments: IntArray) -> dict[str, FloatArray]:
         """Each fitted component's scores (rows x items), each row scaled to a maximum of 1."""
         memo = getattr(self, "_memo", None)
-        key = rows.tobytes() + b"|" + segments.tobytes()
+        key = (
+            rows.tobytes()
+            + b"|"
+            + segments.tobytes()
+            + repr(self.params["trend_half_life"]).encode()
+        )
         if memo is not None and key in memo:
             return memo[key]
         ctx = self.context
@@ -292,6 +323,9 @@ class HybridRecommender(Recommender):
             prior = getattr(self, f"{name}_")
             if prior.any():
                 out[name] = rows_for(prior, segments)
+        if self.rates_.any():
+            rates = self.rates_[np.asarray(segments, dtype=np.int64) + 1] * np.sqrt(t)[None, :]
+            out["segrepeat"] = row_max_normalise(prof.multiply(rates).toarray())
         if memo is not None:
             memo[key] = out
         return out
@@ -353,7 +387,9 @@ class HybridRecommender(Recommender):
         if mode != "none" and f"{mode}_coef" in ranker and known.any():
             k = np.flatnonzero(known)
             sub = {c: M[k] for c, M in comps.items()}
-            total[k] = rerank_module.rerank(self, rows[k], sub, total[k], ranker, mode, COMPONENTS)
+            total[k] = rerank_module.rerank(
+                self, rows[k], segments[k], sub, total[k], ranker, mode, COMPONENTS
+            )
         total[~known] = 0.0  # no history: the base class's prior (segment, else global)
         return total
 
@@ -402,6 +438,9 @@ class HybridRecommender(Recommender):
                     why = anchors[best][k][pos]
                 elif best == "repeat":
                     why = "bought before: time to buy again"
+                elif best == "segrepeat":
+                    who = f"{seg_name} customers" if seg_name else "customers"
+                    why = f"bought before, and {who} often buy it again"
                 elif best == "als":
                     why = "matches your taste"
                 elif best == "segment" and seg_name:
@@ -438,10 +477,12 @@ class HybridRecommender(Recommender):
 
     def _state(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "trend": self.trend_,
+            "trend_half_lives": np.array(sorted(self.trends_), dtype=np.float64),
+            "trends": np.vstack([self.trends_[hl] for hl in sorted(self.trends_)]),
             "lift": self.lift_,
             "early": self.early_,
             "segtrend": self.segtrend_,
+            "rates": self.rates_,
             **rerank_module.state(self.ranker_),
         }
         for name in ("cf", "basket", "content", "next", "ease"):
@@ -452,11 +493,16 @@ class HybridRecommender(Recommender):
         return out
 
     def _set_state(self, z: Mapping[str, Any]) -> None:
-        self.trend_ = z["trend"].astype(np.float64)
+        if "trends" in z:
+            hls = z["trend_half_lives"].astype(np.float64).tolist()
+            self.trends_ = dict(zip(hls, z["trends"].astype(np.float64), strict=True))
+        else:
+            self.trends_ = {float(self.params["trend_half_life"]): z["trend"].astype(np.float64)}
         self.lift_ = z["lift"].astype(np.float64)
         none = np.zeros((1 + len(self.context.segment_ids), self.context.n_items))
         self.early_ = z["early"].astype(np.float64) if "early" in z else none
         self.segtrend_ = z["segtrend"].astype(np.float64) if "segtrend" in z else none
+        self.rates_ = z["rates"].astype(np.float64) if "rates" in z else none
         self.ranker_ = rerank_module.from_state(z)
         self.cf_ = csr_from(z, "cf")
         self.basket_ = csr_from(z, "basket")

@@ -11,6 +11,9 @@ row with ``smooth`` pseudo-buyers, so a small segment does not rank on a handful
 :func:`segment_trend`
     items bought recently (decayed with a short half-life) by the segment's customers: the
     segment's share of what is selling now.
+:func:`repeat_rates`
+    the share of an item's buyers who bought it in two or more orders, per segment (smoothed
+    towards the item's all-customer rate): how likely the segment is to buy the item again.
 """
 
 from __future__ import annotations
@@ -93,6 +96,33 @@ def segment_trend(
         return _smoothed(total, np.zeros((n_segments, inter.n_items)), smooth)
     total, seg = _per_segment(inter, weights, user_segment, n_segments)
     return _smoothed(total, seg, smooth)
+
+
+def repeat_rates(
+    inter: Interactions, user_segment: IntArray, n_segments: int, smooth: float
+) -> FloatArray:
+    """(1 + segments) x items: the share of each item's buyers who bought it in two or more
+    orders; the all-customer row is smoothed towards the overall share with ``smooth``
+    pseudo-buyers, each segment's row towards the item's all-customer share."""
+    mask = (inter.kind == PURCHASE) & (inter.order >= 0)
+    out = np.zeros((1 + n_segments, inter.n_items))
+    if not mask.any():
+        return out
+    frame = pd.DataFrame({"u": inter.user[mask], "i": inter.item[mask], "o": inter.order[mask]})
+    per = frame.groupby(["u", "i"], sort=False)["o"].nunique().reset_index()
+    items = per["i"].to_numpy(dtype=np.int64)
+    again = (per["o"].to_numpy() >= 2).astype(np.float64)
+    codes = user_segment[per["u"].to_numpy(dtype=np.int64)] if len(user_segment) else items * 0 - 1
+    buyers = np.bincount(items, minlength=inter.n_items).astype(np.float64)
+    repeats = np.bincount(items, weights=again, minlength=inter.n_items)
+    base = float(repeats.sum()) / max(float(buyers.sum()), 1.0)
+    out[0] = (repeats + smooth * base) / (buyers + smooth)
+    for s in range(n_segments):
+        m = codes == s
+        b = np.bincount(items[m], minlength=inter.n_items).astype(np.float64)
+        r = np.bincount(items[m], weights=again[m], minlength=inter.n_items)
+        out[1 + s] = (r + smooth * out[0]) / (b + smooth)
+    return out
 
 
 def rows_for(prior: FloatArray, segments: IntArray) -> FloatArray:

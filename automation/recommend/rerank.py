@@ -34,6 +34,14 @@ if TYPE_CHECKING:
 MODES = ("new", "all")
 ITEM_FEATURES = ("popularity", "trend", "price")
 USER_FEATURES = ("orders", "items", "days_since_last")
+PAIR_FEATURES = (
+    "repeat_rate",
+    "bought",
+    "bought_x_cold",
+    "bought_x_repeat_rate",
+    "bought_x_repeat_rate_x_cold",
+    "bought_days",
+)
 
 
 def feature_names(components: tuple[str, ...]) -> list[str]:
@@ -43,6 +51,7 @@ def feature_names(components: tuple[str, ...]) -> list[str]:
         *(f"{c}_x_cold" for c in components),
         *USER_FEATURES,
         *ITEM_FEATURES,
+        *PAIR_FEATURES,
     ]
 
 
@@ -74,11 +83,16 @@ def candidates(total: FloatArray, allowed: np.ndarray, n: int) -> IntArray:
 def features(
     model: HybridRecommender,
     rows: IntArray,
+    segments: IntArray,
     comps: dict[str, FloatArray],
     cand: IntArray,
     components: tuple[str, ...],
 ) -> FloatArray:
-    """(rows x candidates) x features, in the order of :func:`feature_names`."""
+    """(rows x candidates) x features, in the order of :func:`feature_names`.
+
+    The pair features say whether the customer bought the candidate before (and how many days
+    ago), and how often the customer's segment buys it again (``repeat_rate``), alone and with
+    the customer's coldness."""
     ctx = model.context
     safe = np.where(rows >= 0, rows, 0)
     n_rows, n_cand = cand.shape
@@ -98,6 +112,12 @@ def features(
     prices = np.clip(np.nan_to_num(ctx.catalogue.prices, nan=0.0), 0.0, None)
     for v in (ctx.popularity, model.trend_, prices):
         cols.append(np.log1p(np.clip(v, 0.0, None))[cand])
+    age = last.toarray()[take, cand] if last.nnz else np.zeros((n_rows, n_cand))
+    bought = (age > 0).astype(np.float64)
+    rates = getattr(model, "rates_", np.zeros((1, ctx.n_items)))
+    seg = np.clip(np.asarray(segments, dtype=np.int64) + 1, 0, len(rates) - 1)
+    rate = rates[seg[:, None], cand]
+    cols += [rate, bought, bought * cold, bought * rate, bought * rate * cold, np.log1p(age)]
     return np.stack([c.reshape(-1) for c in cols], axis=1)
 
 
@@ -140,7 +160,7 @@ def train(
             y &= ~seen[np.arange(len(rows))[:, None], cand].reshape(-1)
         if y.all() or not y.any():
             continue
-        X = features(early, rows, comps, cand, components)
+        X = features(early, rows, segments, comps, cand, components)
         mean, scale = X.mean(axis=0), X.std(axis=0)
         scale = np.where(scale > 1e-12, scale, 1.0)
         lr = LogisticRegression(C=float(p["ranker_c"]), max_iter=2000)
@@ -155,6 +175,7 @@ def train(
 def rerank(
     model: HybridRecommender,
     rows: IntArray,
+    segments: IntArray,
     comps: dict[str, FloatArray],
     total: FloatArray,
     ranker: dict[str, FloatArray],
@@ -164,12 +185,14 @@ def rerank(
     """``total`` with the top ``ranker_candidates`` items moved above the rest and ordered by the
     re-ranker's probability (in [2, 3]; the others keep their blend order, scaled into [0, 1))."""
     ctx = model.context
+    if len(ranker[f"{mode}_coef"]) != len(feature_names(components)):
+        return total  # a ranker stored with other features: the blend alone
     allowed = np.broadcast_to(ctx.catalogue.is_product[None, :], total.shape)
     if mode == "new":
         safe = np.where(rows >= 0, rows, 0)
         allowed = allowed & ~(ctx.seen[safe].toarray() > 0)
     cand = candidates(total, allowed, int(model.params["ranker_candidates"]))
-    X = features(model, rows, comps, cand, components)
+    X = features(model, rows, segments, comps, cand, components)
     z = ((X - ranker[f"{mode}_mean"]) / ranker[f"{mode}_scale"]) @ ranker[f"{mode}_coef"]
     prob = 1.0 / (1.0 + np.exp(-(z + ranker[f"{mode}_intercept"][0])))
     top = np.maximum(total.max(axis=1, keepdims=True), 1e-12)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from automation.recommend.base import Recommender, Rules
-from automation.recommend.hybrid import COMPONENTS, HybridRecommender
+from automation.recommend.hybrid import COMPONENTS, TREND_HALF_LIVES, HybridRecommender
 from automation.recommend.metrics import ranking_metrics
 from automation.recommend.registry import make_recommender
 from automation.recommend.splits import PROTOCOLS, ProtocolData, SplitData
@@ -55,6 +55,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
 HYBRID_STEPS: dict[str, tuple[float | str, ...]] = {
     "w_repeat": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
     **{f"w_{c}": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0) for c in COMPONENTS if c != "repeat"},
+    "trend_half_life": TREND_HALF_LIVES,
     "history": ("items", "orders"),
     "rerank": ("none", "new", "all"),
     "shrink": (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0),
@@ -148,7 +149,10 @@ def _tune_hybrid(
     weights: dict[str, dict[str, Any]] = {}
     structures = [{**g, **a} for g in GRIDS["hybrid"] for a in _als_options(als)]
     for params in structures:
-        fit_params = {**params, "w_als": 0.1, "w_ease": 0.1, "w_early": 0.1, "w_segtrend": 0.1}
+        fit_params = {
+            **params,
+            **{f"w_{c}": 0.1 for c in ("als", "ease", "early", "segtrend", "segrepeat")},
+        }
         model = make_recommender("hybrid", rules, seed, **fit_params).fit(val.train)
         assert isinstance(model, HybridRecommender)
         for proto in PROTOCOLS:
