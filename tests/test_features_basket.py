@@ -21,12 +21,13 @@ HEAD = "user_id,type,timestamp,item_id,quantity,price,category,order_id\n"
 ITEMS = {"a1": (2.0, "a"), "a2": (4.0, "a"), "a3": (8.0, "a"), "b1": (10.0, "b"), "b2": (30.0, "b")}
 
 
-def _rows(with_category: bool) -> str:
+def _rows(with_category: bool, with_carts: bool = True) -> str:
     def line(u: str, kind: str, t: int, item: str, q: int, order: str) -> str:
         price, cat = ITEMS[item]
         return f"{u},{kind},{1_700_000_000 + t},{item},{q},{price},{cat if with_category else ''},{order}\n"
 
     rows = [line("u0", "view", i, item, 1, "") for i, item in enumerate(ITEMS)]  # every item seen
+    rows += [line("u1", "cart", 9, "a1", 6, "")] if with_carts else []
     rows += [
         # cheap and bulk: a1 (log 2/4) x 6, b1 (-log 3 / 2) x 4
         line("u1", "purchase", 10, "a1", 6, "o1"),
@@ -41,10 +42,12 @@ def _rows(with_category: bool) -> str:
     return HEAD + "".join(rows)
 
 
-def _store(engine: Engine, tmp_path: Path, with_category: bool) -> pd.DataFrame:
+def _store(
+    engine: Engine, tmp_path: Path, with_category: bool, with_carts: bool = True
+) -> pd.DataFrame:
     path = tmp_path / "events.csv"
-    path.write_text(_rows(with_category))
-    assert ingest_files(engine, [path], Settings()).accepted == 12
+    path.write_text(_rows(with_category, with_carts))
+    assert ingest_files(engine, [path], Settings()).accepted == 12 + with_carts
     with engine.connect() as conn:
         # Every user by key: a lookup, so no taste SVD (this store is too small for one).
         keys = [int(k) for k in conn.execute(text("SELECT id FROM users")).scalars()]
@@ -69,6 +72,13 @@ def test_no_price_index_without_categories(engine: Engine, tmp_path: Path) -> No
     f = _store(engine, tmp_path, with_category=False)
     assert "price_index" not in f.columns
     assert f.loc["u1", "units_per_line"] == pytest.approx(5.0)
+
+
+def test_no_units_per_line_on_purchase_only_data(engine: Engine, tmp_path: Path) -> None:
+    """Without carts (Online Retail: purchases and cancellations only) no units per line."""
+    f = _store(engine, tmp_path, with_category=True, with_carts=False)
+    assert "units_per_line" not in f.columns
+    assert "price_index" in f.columns
 
 
 def _raw(n: int = 300, seed: int = 1) -> pd.DataFrame:

@@ -19,7 +19,10 @@ Features (raw, before scaling; missing values handled as stated):
                         [-1, 1]; 0 without orders in either window
 ``n_views``, ``n_carts``, ``view_to_cart``, ``cart_to_purchase``   only where such events exist
 ``units_per_line``      units per purchased line (net of refunds); 0 without purchases; only where
-                        quantities vary (bulk baskets against single pieces)
+                        carts are recorded and quantities vary (bulk baskets against single
+                        pieces). Not on purchase-only data: on Online Retail, where it is the
+                        wholesale scale, the monthly updates then merged the new one-time buyers
+                        away (3 segments at the end, one of 81%)
 ``price_index``         mean over purchased lines of log(item price / median price of the item's
                         category); 0 without purchases; only where items have categories and prices
                         (what a user pays, apart from how many: cheap against dear items)
@@ -267,7 +270,7 @@ def _compose(
     units = it["units"].fillna(0).astype("float64")
     kept = it["kept_lines"].fillna(0).astype("float64")
     per_line = (units / kept.where(kept > 0)).clip(lower=0)
-    if per_line.notna().any() and per_line.max() > per_line.min():
+    if carts.sum() > 0 and per_line.notna().any() and per_line.max() > per_line.min():
         f["units_per_line"] = per_line.fillna(0.0)
     if s["n_ratings"].sum() > 0:
         n_r = s["n_ratings"].astype("float64")

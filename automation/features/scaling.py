@@ -60,8 +60,8 @@ PSEUDO = {
     "activity_trend": 2.0,
     "units_per_line": 3.0,
     "price_index": 3.0,
-    "avg_order_value": 2.0,
-    "interpurchase_days": 1.0,
+    "avg_order_value": 0.5,
+    "interpurchase_days": 0.5,
 }
 """Pseudo-counts of the shrinkage (views, carts, orders, weighted interactions, orders, lines,
 lines, orders, intervals between orders)."""
