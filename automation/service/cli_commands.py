@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import secrets
 from dataclasses import replace
+from typing import Any
 
 import click
 
@@ -49,6 +51,7 @@ def serve(
         import uvicorn
 
         from automation.service.app import create_app
+        from automation.store.db import open_store
 
         settings = Settings.from_env(database_url=db)
         if not settings.api_token:
@@ -67,6 +70,9 @@ def serve(
             )
             return
         # Several processes: each builds its app from the environment (same store, same token).
+        # The store is created or migrated here first: processes migrating a new store at once
+        # collide ("table events already exists") and uvicorn restarts them without end.
+        open_store(settings.database_url).dispose()
         os.environ["SHOAL_DATABASE_URL"] = settings.database_url
         os.environ["SHOAL_API_TOKEN"] = settings.api_token
         uvicorn.run(
@@ -77,4 +83,18 @@ def serve(
             workers=workers,
             log_level="info",
             access_log=access_log,
+            **_startup_timeout(uvicorn),
         )
+
+
+STARTUP_SECONDS = 120
+
+
+def _startup_timeout(uvicorn: Any) -> dict[str, Any]:
+    """A worker's start-up (imports, the store opened, the key cache primed, the background
+    process started) takes longer than uvicorn's default health-check timeout (5 s) on a busy
+    machine, and uvicorn then kills and restarts it without end: allow ``STARTUP_SECONDS``
+    where uvicorn has the setting (0.30 and later)."""
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+        return {"timeout_worker_healthcheck": STARTUP_SECONDS}
+    return {}
