@@ -174,3 +174,20 @@ def test_trend_half_life_chosen_among_the_fitted_ones_and_saved(tmp_path: Path) 
         np.testing.assert_allclose(again.trend_, model.trend_)
     with pytest.raises(ValidationError, match="segtrend_half_life"):
         HybridRecommender(segtrend_half_life=0.0)
+
+
+def test_a_request_reads_its_profile_rows_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    inter = trending_shop()
+    model = HybridRecommender(rerank="new", ranker_days=20.0, w_next=0.5, w_ease=0.5).fit(inter)
+    calls: list[int] = []
+    original = type(model.context).profile_rows
+
+    def counted(ctx: object, rows: np.ndarray) -> object:
+        calls.append(len(rows))
+        return original(ctx, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(model.context), "profile_rows", counted)
+    first = model.recommend("u3", n=5)
+    assert calls == [1]  # components, history, re-ranker and reasons share it
+    assert model.recommend("u3", n=5) == first and calls == [1, 1]  # nothing kept after
+    assert all(r.reason for r in first)

@@ -30,7 +30,7 @@ evaluation split (:mod:`automation.recommend.evaluate`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -222,7 +222,7 @@ class HybridRecommender(Recommender):
             else none
         )
         self.als_: ALSRecommender | None = None
-        self._memo: dict[bytes, dict[str, FloatArray]] | None = None
+        self._memo: dict[bytes, Any] | None = None
         if self._wanted("als"):
             self.als_ = self._als_model()
             self.als_.context_ = ctx
@@ -284,6 +284,22 @@ class HybridRecommender(Recommender):
             return self.memoize()
         return nullcontext()
 
+    def _per_rows(
+        self, name: str, rows: IntArray, make: Callable[[], sp.csr_matrix]
+    ) -> sp.csr_matrix:
+        """``make()``, kept for the rows while :meth:`memoize` is on (a request reads the same
+        profile rows for its components, history, re-ranker and reasons)."""
+        memo = getattr(self, "_memo", None)
+        if memo is None:
+            return make()
+        key = name.encode() + b"|" + rows.tobytes()
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
+
+    def _profile(self, rows: IntArray) -> sp.csr_matrix:
+        return self._per_rows("profile", rows, lambda: self.context.profile_rows(rows))
+
     def components(self, rows: IntArray, segments: IntArray) -> dict[str, FloatArray]:
         """Each fitted component's scores (rows x items), each row scaled to a maximum of 1."""
         memo = getattr(self, "_memo", None)
@@ -296,7 +312,7 @@ class HybridRecommender(Recommender):
         if memo is not None and key in memo:
             return memo[key]
         ctx = self.context
-        prof = ctx.profile_rows(rows)
+        prof = self._profile(rows)
         out: dict[str, FloatArray] = {"repeat": row_max_normalise(prof.toarray())}
         for c, S in (("cf", self.cf_), ("basket", self.basket_), ("content", self.content_)):
             if S.nnz:
@@ -332,15 +348,20 @@ class HybridRecommender(Recommender):
 
     def _recent_rows(self, rows: IntArray) -> sp.csr_matrix:
         """The users' bought items weighted by recency (1 for the last basket; unknown: none)."""
+        return self._per_rows("recent", rows, lambda: self._make_recent_rows(rows))
+
+    def _make_recent_rows(self, rows: IntArray) -> sp.csr_matrix:
         ctx = self.context
         safe = np.where(rows >= 0, rows, 0)
-        sub = sp.csr_matrix(sp.diags((rows >= 0).astype(np.float64)) @ ctx.last_age[safe])
-        sub.eliminate_zeros()
+        sub = ctx.last_age[safe]
+        if (rows < 0).any():
+            sub = sp.csr_matrix(sp.diags((rows >= 0).astype(np.float64)) @ sub)
+            sub.eliminate_zeros()
         return recent_profile(sub, self.params["anchor_half_life"])
 
     def _history(self, rows: IntArray) -> FloatArray:
         """How much the user has: distinct items, or orders (``history``); 0 when unknown."""
-        prof = self.context.profile_rows(rows)
+        prof = self._profile(rows)
         items = np.diff(prof.indptr).astype(np.float64)
         if self.params["history"] != "orders":
             return items
@@ -409,21 +430,26 @@ class HybridRecommender(Recommender):
     def _reasons(self, rows: IntArray, segments: IntArray, items: IntArray) -> list[list[str]]:
         ctx = self.context
         _, parts = self._blend(rows, segments, self.components(rows, segments), keep_parts=True)
-        prof = ctx.profile_rows(rows)
         names = ctx.catalogue.names
-        anchors = {
-            "cf": anchor_reasons(prof, self.cf_, items, names, "bought with {anchor}"),
-            "basket": anchor_reasons(
-                prof, self.basket_, items, names, "often in the same basket as {anchor}"
-            ),
-            "content": anchor_reasons(prof, self.content_, items, names, "similar to {anchor}"),
-            "next": anchor_reasons(
-                self._recent_rows(rows), self.next_, items, names, "often bought after {anchor}"
-            ),
-            "ease": anchor_reasons(
-                self._recent_rows(rows), self.ease_, items, names, "goes with {anchor}"
-            ),
+        best_of = [
+            [
+                max(parts, key=lambda c: (parts[c][k, i], c)) if parts and i >= 0 else "trend"
+                for i in items[k].tolist()
+            ]
+            for k in range(len(rows))
+        ]
+        sources = {
+            "cf": (self.cf_, "bought with {anchor}"),
+            "basket": (self.basket_, "often in the same basket as {anchor}"),
+            "content": (self.content_, "similar to {anchor}"),
+            "next": (self.next_, "often bought after {anchor}"),
+            "ease": (self.ease_, "goes with {anchor}"),
         }
+        anchors = {}  # only for the components that explain some item
+        for c in sorted({c for row in best_of for c in row} & set(sources)):
+            S, template = sources[c]
+            anchor = self._recent_rows(rows) if c in ("next", "ease") else self._profile(rows)
+            anchors[c] = anchor_reasons(anchor, S, items, names, template)
         trend_days = float(self.params["trend_half_life"])
         out: list[list[str]] = []
         for k, s in enumerate(segments.tolist()):
@@ -433,7 +459,7 @@ class HybridRecommender(Recommender):
                 if i < 0:
                     row.append("")
                     continue
-                best = max(parts, key=lambda c: (parts[c][k, i], c)) if parts else "trend"
+                best = best_of[k][pos]
                 if best in anchors:
                     why = anchors[best][k][pos]
                 elif best == "repeat":

@@ -21,18 +21,28 @@ def anchor_reasons(
     """For each recommended item, the user's item that contributes most to its score
     (``profile[j] * S[j, i]``, the largest non-zero one; ties go to the lower item index).
 
-    Only the user's rows of ``S`` and the listed columns are touched: one small block per user,
-    not a transpose of ``S`` per call (this runs on every single request).
+    Only the user's rows of ``S`` and the listed columns are touched, read straight from the CSR
+    arrays: one small block per user, no sparse matrix built (this runs on every single request).
     """
     out: list[list[str]] = []
+    where = np.full(S.shape[1], -1, dtype=np.int64)
     for k in range(items.shape[0]):
         lo, hi = profile.indptr[k], profile.indptr[k + 1]
         mine, weight = profile.indices[lo:hi], profile.data[lo:hi]
         listed = items[k]
         block = np.zeros((len(mine), len(listed)))
-        if len(mine) and (listed >= 0).any():
-            cols = np.where(listed >= 0, listed, 0)
-            block = S[mine][:, cols].toarray() * weight[:, None]
+        if len(mine) and S.nnz and (listed >= 0).any():
+            ok = np.flatnonzero(listed >= 0)
+            uniq, inv = np.unique(listed[ok], return_inverse=True)
+            where[uniq] = np.arange(len(uniq))
+            starts, lens = S.indptr[mine], S.indptr[mine + 1] - S.indptr[mine]
+            at = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+            col = where[S.indices[at]]
+            hit = col >= 0
+            sub = np.zeros((len(mine), len(uniq)))
+            np.add.at(sub, (np.repeat(np.arange(len(mine)), lens)[hit], col[hit]), S.data[at][hit])
+            block[:, ok] = sub[:, inv] * weight[:, None]
+            where[uniq] = -1
         row: list[str] = []
         for pos, i in enumerate(listed.tolist()):
             if i < 0:

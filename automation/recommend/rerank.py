@@ -101,7 +101,7 @@ def features(
     orders = np.where(rows >= 0, ctx.n_orders[safe], 0).astype(np.float64)
     cold = (1.0 / (1.0 + orders))[:, None]
     cols += [c * cold for c in cols]
-    items = np.diff(ctx.profile_rows(rows).indptr).astype(np.float64)
+    items = np.diff(model._profile(rows).indptr).astype(np.float64)
     last = ctx.last_age[safe]
     newest = np.full(n_rows, 365.0)
     has = np.diff(last.indptr) > 0
