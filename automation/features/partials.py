@@ -81,16 +81,37 @@ def _utc(us: np.ndarray) -> pd.Series:
     return pd.Series(vals).dt.tz_localize("UTC").where(ok)
 
 
-def _by_pair(first: np.ndarray, second: np.ndarray, columns: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Group rows by (first, second) integer codes; sum every column (``*_ts`` ones: max/min)."""
+def group_rows(
+    keys: np.ndarray, columns: dict[str, np.ndarray], minimum: tuple[str, ...] = ("ts",)
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Group rows by integer ``keys`` (sorted keys out): the ``minimum`` columns take their
+    minimum, other ``*_ts`` columns their maximum (NaN skipped, as pandas' ``groupby.agg``
+    does; NaN where a group has none), every other column its sum. A sort and one ``reduceat``
+    per column: pandas' ``groupby.agg`` costs milliseconds per call in fixed work, several
+    times per API request."""
+    if len(keys) == 0:
+        return keys[:0], {c: v[:0] for c, v in columns.items()}
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    out: dict[str, np.ndarray] = {}
+    for name, values in columns.items():
+        how = np.fmin if name in minimum else np.fmax if name.endswith("_ts") else np.add
+        out[name] = how.reduceat(values[order], starts)
+    return ordered[starts], out
+
+
+def _by_pair(
+    first: np.ndarray,
+    second: np.ndarray,
+    columns: dict[str, np.ndarray],
+    names: tuple[str, str] = ("user", "second"),
+) -> pd.DataFrame:
+    """Group rows by (first, second) integer codes (see :func:`group_rows`): a frame of the two
+    codes (named ``names``) and the columns, in key order."""
     width = int(second.max()) + 1 if len(second) else 1
-    frame = pd.DataFrame({"key": first * width + second, **columns})
-    how = {c: ("min" if c == "ts" else "max" if c.endswith("_ts") else "sum") for c in columns}
-    out = frame.groupby("key", sort=True).agg(how)
-    keys = out.index.to_numpy()
-    out.insert(0, "second", keys % width)
-    out.insert(0, "first", keys // width)
-    return out.reset_index(drop=True)
+    keys, out = group_rows(first * width + second, columns)
+    return pd.DataFrame({names[0]: keys // width, names[1]: keys % width, **out}, copy=False)
 
 
 Coded = tuple[np.ndarray, np.ndarray]  # each row's code (-1: none), the value of each code
@@ -133,16 +154,21 @@ def block_partials(
     def total(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
         return np.bincount(user[mask], weights=values[mask], minlength=n)
 
-    times = pd.DataFrame({"u": user, "ts": ts_f, "p": np.where(purchase, ts_f, np.nan)})
-    span = times.groupby("u", sort=True).agg(
-        first=("ts", "min"), last=("ts", "max"), pfirst=("p", "min"), plast=("p", "max")
+    bought = np.where(purchase, ts_f, np.nan)
+    # Every user code 0..n-1 has rows: one row per code, in code order.
+    _, span = group_rows(
+        user,
+        {
+            "first_ts": ts_f,
+            "last_ts": ts_f,
+            "first_purchase_ts": bought,
+            "last_purchase_ts": bought,
+        },
+        minimum=("first_ts", "first_purchase_ts"),
     )
     every = np.ones(len(acc), dtype=bool)
     stats: dict[str, np.ndarray] = {
-        "first_ts": span["first"].to_numpy(),
-        "last_ts": span["last"].to_numpy(),
-        "first_purchase_ts": span["pfirst"].to_numpy(),
-        "last_purchase_ts": span["plast"].to_numpy(),
+        **span,
         "n_events": count(every),
         **{col: count(of(k)) for k, col in _COUNTED.items()},
         "n_purchases": count(purchase),
@@ -158,7 +184,7 @@ def block_partials(
         user[purchase],
         o_code,
         {"ts": ts_f[purchase], "revenue": revenue[purchase], "n_lines": np.ones(purchase.sum())},
-    ).rename(columns={"first": "user"})
+    )
     orders.insert(1, "order_id", o_ids[orders.pop("second").to_numpy()])
 
     line = (purchase | refund) & (item >= 0)
@@ -173,7 +199,8 @@ def block_partials(
             "revenue": revenue[line] * sign,
             "last_ts": ts_f[line],
         },
-    ).rename(columns={"first": "user", "second": "item"})
+        names=("user", "item"),
+    )
 
     c_code, c_ids = _codes(acc["category"])
     has_cat = c_code >= 0
@@ -185,7 +212,7 @@ def block_partials(
             "n_carts": of("cart")[has_cat].astype(np.int64),
             "n_purchases": purchase[has_cat].astype(np.int64),
         },
-    ).rename(columns={"first": "user"})
+    )
     categories.insert(1, "category", c_ids[categories.pop("second").to_numpy()])
     return Partials(user_ids, item_ids, stats, orders, items, categories)
 
