@@ -62,6 +62,9 @@ HYBRID_STEPS: dict[str, tuple[float | str, ...]] = {
     "gamma": (0.0, 0.25, 0.5, 1.0),
 }
 HYBRID_PASSES = 2
+# The coordinate ascent is greedy: from the defaults it tunes the blend first, and a re-ranker
+# trained on other candidates may then lose to it; a second ascent (one pass) starts with it on.
+RERANK_START = {"repeat": "all", "new-items": "new"}
 
 
 @dataclass
@@ -142,8 +145,9 @@ def _als_options(als: dict[str, Tuned] | None) -> list[dict[str, Any]]:
 def _tune_hybrid(
     val: SplitData, k: int, rules: Rules, seed: int, say: Progress, als: dict[str, Tuned] | None
 ) -> dict[str, Tuned]:
-    """Weights by coordinate ascent on the first structure (profile decay, ALS settings); the
-    other structures are scored with those weights; one more ascent pass on the best one."""
+    """Weights by coordinate ascent on the first structure (profile decay, ALS settings), from
+    the defaults and from the defaults with the re-ranker on (the better one is kept); the other
+    structures are scored with those weights; one more ascent pass on the best one."""
     best: dict[str, Tuned] = {}
     leader: dict[str, HybridRecommender] = {}
     weights: dict[str, dict[str, Any]] = {}
@@ -159,6 +163,14 @@ def _tune_hybrid(
             data = val.protocol(proto)
             if proto not in weights:
                 chosen, score, tried = _ascend(model, data, proto, k, params, HYBRID_PASSES)
+                mode = RERANK_START[proto]
+                if f"{mode}_coef" in model.ranker_:  # a second start, with the re-ranker on
+                    start = {key: model.params[key] for key in HYBRID_STEPS} | {"rerank": mode}
+                    other = _ascend(model, data, proto, k, params, 1, start)
+                    say(f"tune hybrid {proto} (start: rerank {mode}) {other[0]}: {other[1]:.4f}")
+                    tried += other[2]
+                    if other[1] > score + 1e-9:
+                        chosen, score = other[0], other[1]
             else:
                 chosen, score, tried = _ascend(model, data, proto, k, params, 0, weights[proto])
             say(f"tune hybrid {proto} {chosen}: {score:.4f}")
