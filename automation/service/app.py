@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from automation.config import Settings
 from automation.service import errors
 from automation.service.deps import read_token
-from automation.service.folder import Folder
+from automation.service.folder import Folder, freeze_heap
 from automation.service.state import ServiceState
 from automation.store.db import open_store
 
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
         app.state.shoal = state
         folder = Folder(state, embedded=not chosen.broker_url) if background else None
         app.state.folder = folder
+        freeze_heap()
         if folder is not None:
             folder.start()
         try:

@@ -23,6 +23,7 @@ train, and the API process's CPU stays with them.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -154,6 +155,17 @@ def _install(state: ServiceState, name: str, value: Any, erasures: int) -> bool:
         return True
 
 
+def freeze_heap() -> None:
+    """Take what the process holds so far (modules, caches: some 250,000 objects) out of the
+    cyclic garbage collector's sight (``gc.freeze``). A full collection walks every tracked
+    object with the GIL held: 100-400 ms here, during which no request moves, which put the
+    support lookup's p99 at hundreds of milliseconds; with them frozen it takes under a
+    millisecond. Reference counting still frees them. Called once the app is set up and again
+    after the first model and snapshot are loaded (their imports)."""
+    gc.collect()
+    gc.freeze()
+
+
 class Folder:
     """The API side: starts the background process and loads what it stores."""
 
@@ -178,9 +190,13 @@ class Folder:
 
     def _run(self) -> None:
         channels = self.channels
+        frozen = False
         while not self.stopping.is_set():
             try:
-                publish_once(self.state)
+                did = publish_once(self.state)
+                if not frozen and "recommender" in did:  # its modules are imported now
+                    freeze_heap()
+                    frozen = True
             except Exception:  # noqa: BLE001 - the loop must survive a failed pass
                 log.exception("loading the background's results failed; retrying")
             folds, errors = channels.folds.value, channels.errors.value
