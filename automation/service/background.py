@@ -148,7 +148,7 @@ class BackgroundProcess:
 
 def run(settings: Settings, embedded: bool, channels: Channels, parent: int) -> None:
     """The background process's loop (the target of :class:`BackgroundProcess`)."""
-    from automation.service.folder import fold_once
+    from automation.service.folder import fold_once, freeze_heap
     from automation.service.state import ServiceState
     from automation.store.db import open_store
 
@@ -156,7 +156,9 @@ def run(settings: Settings, embedded: bool, channels: Channels, parent: int) -> 
     with contextlib.suppress(OSError):  # not permitted: run at the server's priority
         os.nice(NICE)
     state = ServiceState(open_store(settings.database_url), settings)
+    freeze_heap()  # modules out of the cyclic GC's walks (see freeze_heap)
     forced = channels.force.value
+    frozen = False
     try:
         while not channels.stopping.value and os.getppid() == parent:
             state.last_ingest = channels.last_ingest.value
@@ -177,6 +179,9 @@ def run(settings: Settings, embedded: bool, channels: Channels, parent: int) -> 
                 channels.folds.value += 1
             if did:
                 channels.published.ring()
+                if not frozen:  # the fold's and the fit's modules are imported now
+                    freeze_heap()
+                    frozen = True
             channels.wake.wait(settings.fold_seconds)
     finally:
         state.engine.dispose()
