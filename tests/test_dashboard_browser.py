@@ -42,8 +42,16 @@ def seeded_store(tmp: Path) -> str:
     url = f"sqlite:///{tmp / 'shop.db'}"
     engine = api.connect(url)
     # 6,000 users: with 3,000 the warm-up finds two broad segments and the newcomers (a few
-    # hundred) raise no alarm in twelve days, so the alerts table would be empty.
-    sim = simulate(n_users=6000, days=36, seed=2, scenarios=["emerging@24"], target_events=180_000)
+    # hundred) raise no alarm in twelve days. Since the basket features (units per line, price
+    # index) the emerging type alone raises none at 6,000 either: the loyal customers' churn
+    # on day 28 (a week of updates as reference) is the alert the table must list.
+    sim = simulate(
+        n_users=6000,
+        days=36,
+        seed=2,
+        scenarios=["emerging@24", "churn@28"],
+        target_events=180_000,
+    )
     days = ((sim.events["timestamp"] - START).dt.days).to_numpy()
     for lo, hi in ((0, 20), *((d, d + 1) for d in range(20, 36))):
         part = tmp / f"d{lo}.csv"
