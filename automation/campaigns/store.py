@@ -132,11 +132,25 @@ def routing_of(conn: Connection, user_key: int) -> dict[str, Any] | None:
     ).first()
     if route is None:
         return None
+    return routing_dict(
+        route.queue,
+        route.priority,
+        route.script,
+        route.campaign,
+        route.segment_id,
+        route.updated_at,
+    )
+
+
+def routing_dict(
+    queue: str, priority: Any, script: Any, campaign: Any, segment_id: Any, updated_at: Any
+) -> dict[str, Any]:
+    """A routing row as the API and the CLI show it."""
     return {
-        "queue": route.queue,
-        "priority": int(route.priority),
-        "script": route.script,
-        "campaign": route.campaign,
-        "segment_id": route.segment_id,
-        "since": str(route.updated_at),
+        "queue": queue,
+        "priority": int(priority),
+        "script": script,
+        "campaign": campaign,
+        "segment_id": segment_id,
+        "since": str(updated_at),
     }

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, text
 
+from automation.campaigns.store import routing_dict
 from automation.store.segmentations import current_version, segments_of
 from automation.store.snapshots import load_snapshot
 
@@ -73,24 +74,19 @@ routing, its routing columns NULL when the user has none; then the migrations, n
 def lookup(conn: Connection, snap: Snapshot, user_id: str, n_moves: int) -> dict[str, Any] | None:
     """``None`` when the user is not in the snapshot (the caller falls back)."""
     rows = conn.execute(_LOOKUP, {"x": user_id, "n": n_moves}).all()
-    if not rows or rows[0].kind != 0 or snap.labels is None:
+    head = next((r for r in rows if r.kind == 0), None)  # UNION ALL keeps no order by contract
+    if head is None or snap.labels is None:
         return None
-    head = rows[0]
     row = snap.rows.get(int(head.ukey))
     if row is None:
         return None
     seg = str(snap.labels[row])
     route = None
     if head.a is not None:  # queue is NOT NULL in routing: the user has a routing row
-        route = {
-            "queue": head.a,
-            "priority": int(head.e),
-            "script": head.b,
-            "campaign": head.c,
-            "segment_id": head.d,
-            "since": str(head.ts),
-        }
-    moves = sorted(rows[1:], key=lambda m: (pd.Timestamp(m.ts), m.mid))  # oldest first
+        route = routing_dict(head.a, head.e, head.b, head.c, head.d, head.ts)
+    moves = sorted(  # oldest first
+        (r for r in rows if r.kind == 1), key=lambda m: (pd.Timestamp(m.ts), m.mid)
+    )
     return {
         "user_id": user_id,
         "as_of": snap.as_of,
