@@ -23,6 +23,11 @@ For user ``u`` with ``n_u`` distinct items in their (recency-decayed) history an
     re-ranking multiplies by ``lift ** gamma``, where ``lift`` is how much more the segment buys the
     item than everyone does (smoothed, clipped to [1/4, 4]).
 
+``cold``
+    ``None``, or the blend parameters (weights, ``shrink``, ``gamma``, ``history``, ``rerank``,
+    ``trend_half_life``) that replace the others for a customer with at most ``cold_orders``
+    orders: tuned on the validation window's cold customers alone, after everyone's.
+
 Users the model has never seen, or with no history, get the prior alone: their (provisional)
 segment's popularity and the trend. Every weight is tuned on a validation window before the
 evaluation split (:mod:`automation.recommend.evaluate`).
@@ -36,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import NDArray
 
 from automation.errors import ValidationError
 from automation.recommend import rerank as rerank_module
@@ -45,7 +51,7 @@ from automation.recommend.content import item_texts
 from automation.recommend.context import NO_SEGMENT, csr_arrays, csr_from, distinct_user_popularity
 from automation.recommend.data import FloatArray, IntArray, Interactions
 from automation.recommend.ease import ease_weights
-from automation.recommend.knn import anchor_reasons
+from automation.recommend.hybrid_reasons import reasons
 from automation.recommend.priors import early_orders, repeat_rates, rows_for, segment_trend
 from automation.recommend.sequence import recent_profile, transition_similarity
 from automation.recommend.similarity import (
@@ -71,6 +77,14 @@ COMPONENTS = (
 PRIOR = ("segment", "trend", "early", "segtrend")
 LIFT_CLIP = 4.0
 TREND_HALF_LIVES = (2.0, 7.0, 14.0)  # fitted side by side, so tuning can choose among them
+COLD_KEYS = (  # what ``cold`` may set for cold customers
+    *(f"w_{c}" for c in COMPONENTS),
+    "shrink",
+    "gamma",
+    "history",
+    "rerank",
+    "trend_half_life",
+)
 
 
 class HybridRecommender(Recommender):
@@ -115,6 +129,8 @@ class HybridRecommender(Recommender):
         "als_regularization": 0.1,
         "als_alpha": 0.25,
         "num_threads": 1,
+        "cold": None,
+        "cold_orders": 2,
     }
 
     def _check_params(self) -> None:
@@ -155,6 +171,13 @@ class HybridRecommender(Recommender):
         for key in ("trend_half_life", "segtrend_half_life"):
             if float(p[key]) <= 0:
                 raise ValidationError(f"{key}={p[key]} should be > 0")
+        if int(p["cold_orders"]) < 0:
+            raise ValidationError(f"cold_orders={p['cold_orders']} should be >= 0")
+        cold = p["cold"]
+        if cold is not None:
+            if not isinstance(cold, Mapping) or set(cold) - set(COLD_KEYS):
+                raise ValidationError(f"cold={cold!r} should be None or a dict of {COLD_KEYS}")
+            type(self)(self.rules, self.random_state, **{**p, **cold, "cold": None})
 
     # ------------------------------------------------------------------ fitting
     def _fit(self, interactions: Interactions) -> None:
@@ -239,8 +262,29 @@ class HybridRecommender(Recommender):
         return self.trends_[min(self.trends_, key=lambda h: (abs(h - hl), h))]
 
     def _wanted(self, component: str) -> bool:
-        """Whether a component has weight (so is fitted)."""
-        return float(self.params[f"w_{component}"]) > 0
+        """Whether a component has weight, for everyone or for cold customers (so is fitted)."""
+        key = f"w_{component}"
+        cold = self.params["cold"] or {}
+        return float(self.params[key]) > 0 or float(cold.get(key, 0.0)) > 0
+
+    def _cold_rows(self, rows: IntArray) -> NDArray[np.bool_]:
+        """The rows that get the ``cold`` parameters (none when there are none)."""
+        if not self.params["cold"]:
+            return np.zeros(len(rows), dtype=bool)
+        safe = np.where(rows >= 0, rows, 0)
+        orders = np.where(rows >= 0, self.context.n_orders[safe], 0)
+        return (rows >= 0) & (orders <= int(self.params["cold_orders"]))
+
+    @contextmanager
+    def _cold_params(self) -> Iterator[None]:
+        """Within the block, ``params`` are the cold customers' (``cold`` over the others)."""
+        saved = dict(self.params)
+        self.params.update(saved["cold"] or {})
+        try:
+            yield
+        finally:
+            self.params.clear()
+            self.params.update(saved)
 
     def _als_model(self) -> ALSRecommender:
         p = self.params
@@ -400,6 +444,18 @@ class HybridRecommender(Recommender):
         return total, parts
 
     def _scores(self, rows: IntArray, segments: IntArray) -> FloatArray:
+        cold = self._cold_rows(rows)
+        if not cold.any():
+            return self._scores_with(rows, segments)
+        total = np.zeros((len(rows), self.context.n_items))
+        if (~cold).any():
+            total[~cold] = self._scores_with(rows[~cold], segments[~cold])
+        with self._cold_params():
+            total[cold] = self._scores_with(rows[cold], segments[cold])
+        return total
+
+    def _scores_with(self, rows: IntArray, segments: IntArray) -> FloatArray:
+        """:meth:`_scores` with the parameters in force for every row."""
         comps = self.components(rows, segments)
         total, _ = self._blend(rows, segments, comps)
         known = (rows >= 0) & (self._history(rows) > 0)
@@ -428,60 +484,17 @@ class HybridRecommender(Recommender):
 
     # ------------------------------------------------------------------ explaining
     def _reasons(self, rows: IntArray, segments: IntArray, items: IntArray) -> list[list[str]]:
-        ctx = self.context
-        _, parts = self._blend(rows, segments, self.components(rows, segments), keep_parts=True)
-        names = ctx.catalogue.names
-        best_of = [
-            [
-                max(parts, key=lambda c: (parts[c][k, i], c)) if parts and i >= 0 else "trend"
-                for i in items[k].tolist()
-            ]
-            for k in range(len(rows))
-        ]
-        sources = {
-            "cf": (self.cf_, "bought with {anchor}"),
-            "basket": (self.basket_, "often in the same basket as {anchor}"),
-            "content": (self.content_, "similar to {anchor}"),
-            "next": (self.next_, "often bought after {anchor}"),
-            "ease": (self.ease_, "goes with {anchor}"),
-        }
-        anchors = {}  # only for the components that explain some item
-        for c in sorted({c for row in best_of for c in row} & set(sources)):
-            S, template = sources[c]
-            anchor = self._recent_rows(rows) if c in ("next", "ease") else self._profile(rows)
-            anchors[c] = anchor_reasons(anchor, S, items, names, template)
-        trend_days = float(self.params["trend_half_life"])
-        out: list[list[str]] = []
-        for k, s in enumerate(segments.tolist()):
-            seg_name = str(ctx.segment_names[s]) if s != NO_SEGMENT else None
-            row: list[str] = []
-            for pos, i in enumerate(items[k].tolist()):
-                if i < 0:
-                    row.append("")
-                    continue
-                best = best_of[k][pos]
-                if best in anchors:
-                    why = anchors[best][k][pos]
-                elif best == "repeat":
-                    why = "bought before: time to buy again"
-                elif best == "segrepeat":
-                    who = f"{seg_name} customers" if seg_name else "customers"
-                    why = f"bought before, and {who} often buy it again"
-                elif best == "als":
-                    why = "matches your taste"
-                elif best == "segment" and seg_name:
-                    why = f"popular in segment {seg_name}"
-                elif best == "early":
-                    who = f"{seg_name} customers" if seg_name else "customers"
-                    why = f"what {who} buy when they come back"
-                elif best == "segtrend" and seg_name:
-                    why = f"selling now in segment {seg_name}"
-                else:
-                    why = f"trending over the last {trend_days:g} days"
-                if seg_name and len(self.lift_) and self.lift_[s, i] >= 1.5 and best != "segment":
-                    why += f"; favoured by {seg_name}"
-                row.append(why)
-            out.append(row)
+        cold = self._cold_rows(rows)
+        if not cold.any():
+            return reasons(self, rows, segments, items)
+        out: list[list[str]] = [[] for _ in range(len(rows))]
+        for mask in (~cold, cold):
+            if not mask.any():
+                continue
+            with self._cold_params() if mask is cold else nullcontext():
+                part = reasons(self, rows[mask], segments[mask], items[mask])
+            for k, row in zip(np.flatnonzero(mask).tolist(), part, strict=True):
+                out[k] = row
         return out
 
     def _item_similarity(self, item: int) -> FloatArray:

@@ -186,7 +186,52 @@ def _tune_hybrid(
         )
         say(f"tune hybrid {proto} {chosen}: {score:.4f}")
         _keep(best, Tuned("hybrid", proto, chosen, score, tried))
+        t = best[proto]
+        cold, tried = _ascend_cold(leader[proto], val.protocol(proto), proto, k, t.params)
+        if cold is not None:
+            with_cold = {**t.params, "cold": cold}
+            score = _score_with(leader[proto], val.protocol(proto), proto, k, with_cold)
+            say(f"tune hybrid {proto} cold {cold}: {score:.4f}")
+            _keep(best, Tuned("hybrid", proto, with_cold, score, tried))
     return best
+
+
+def _ascend_cold(
+    model: HybridRecommender, data: ProtocolData, protocol: str, k: int, chosen: dict[str, Any]
+) -> tuple[dict[str, Any] | None, int]:
+    """The blend parameters that differ for cold customers: a coordinate ascent on the
+    validation window's cold customers alone, from everyone's (``None``: no change, or none
+    cold)."""
+    if not data.cold.any():
+        return None, 0
+    cold = ProtocolData(
+        data.rows[data.cold], data.truth[data.cold], data.cold[data.cold], data.segments[data.cold]
+    )
+    start = {key: chosen[key] for key in HYBRID_STEPS}
+    fixed = {key: v for key, v in chosen.items() if key not in HYBRID_STEPS}
+    saved = dict(model.params)
+    model.params["cold"] = None
+    try:
+        found, _, tried = _ascend(model, cold, protocol, k, fixed, HYBRID_PASSES, start)
+    finally:
+        model.params.clear()
+        model.params.update(saved)
+    changed = {key: found[key] for key in HYBRID_STEPS if found[key] != start[key]}
+    return changed or None, tried
+
+
+def _score_with(
+    model: HybridRecommender, data: ProtocolData, protocol: str, k: int, params: dict[str, Any]
+) -> float:
+    """The validation objective of ``model`` with ``params`` set for the call."""
+    saved = dict(model.params)
+    model.params.update(params)
+    try:
+        with model.memoize():
+            return objective(model, data, protocol, k)
+    finally:
+        model.params.clear()
+        model.params.update(saved)
 
 
 def _ascend(
