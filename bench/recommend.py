@@ -38,6 +38,7 @@ METRICS = ("ndcg", "recall", "map", "hit_rate", "coverage", "novelty")
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no segment information (every user segmentless)": {},
     "no segment prior (w_segment, gamma)": {"w_segment": 0.0, "gamma": 0.0},
+    "no blend of their own for cold customers (cold)": {"cold": None},
     "no learned re-ranker": {"rerank": "none"},
     "no early-orders prior": {"w_early": 0.0},
     "no segment trend": {"w_segtrend": 0.0},
@@ -100,9 +101,12 @@ def ablation(report: EvaluationReport) -> list[dict[str, Any]]:
         model = report.fitted[f"hybrid/{proto}"]
         assert isinstance(model, HybridRecommender)
         saved = dict(model.params)
+        cold = saved.get("cold") or {}
         for label, change in {"tuned hybrid": {}, **ABLATIONS}.items():
-            if change and all(saved.get(k) == v for k, v in change.items()):
+            if change and all(saved.get(k) == cold.get(k, v) == v for k, v in change.items()):
                 continue  # already off in the tuned model
+            if cold and "cold" not in change:  # off for cold customers too
+                change = {**change, "cold": {**cold, **{k: change[k] for k in change if k in cold}}}
             ctx = model.context
             segment_ids = ctx.segment_ids
             if label.startswith("no segment information"):

@@ -18,11 +18,12 @@ from tests.test_recommend_rerank import orders
 
 
 def shop() -> Interactions:
-    """Thirty customers with four orders each, thirty with one: items i0..i11."""
+    """Thirty customers with four orders each, thirty with two (the second on day 45), as of
+    day 60: items i0..i11."""
     rng = np.random.default_rng(1)
     rows: list[tuple[str, list[str], float]] = []
     for u in range(60):
-        days = (3.0, 14.0, 25.0, 40.0) if u < 30 else (10.0 + u % 30,)
+        days = (3.0, 14.0, 25.0, 50.0) if u < 30 else (10.0 + u % 30, 45.0)
         for day in days:
             rows.append((f"u{u}", [f"i{v}" for v in rng.choice(12, 3, replace=False)], day))
     return orders(rows, {f"u{u}": f"s{u % 3}" for u in range(60)})
@@ -99,3 +100,21 @@ def test_the_cold_ascent_changes_only_what_helps_the_cold_customers() -> None:
     assert model.params["cold"] is None  # the model is left as it was
     nobody = ProtocolData(rows, truth, np.zeros(len(rows), dtype=bool), data.segments)
     assert _ascend_cold(model, nobody, "repeat", 4, chosen) == (None, 0)
+
+
+def test_rankers_learned_on_the_cold_customers_alone(tmp_path: Path) -> None:
+    inter = shop()
+    model = HybridRecommender(**BASE, ranker_days=20.0, cold={"rerank": "new-cold"}).fit(inter)
+    for mode in ("new", "all"):
+        assert f"{mode}_coef" in model.ranker_ and f"{mode}-cold_coef" in model.ranker_
+        # held out: the cold customers' day-45 orders and the warm ones' day-50 orders
+        assert not np.allclose(model.ranker_[f"{mode}-cold_coef"], model.ranker_[f"{mode}_coef"])
+    users = [f"u{u}" for u in range(60)]
+    plain = model.recommend(users, n=4)
+    model.params["cold"] = None
+    assert model.recommend(users, n=4) != plain  # the cold ranker changes the cold lists
+    assert model.recommend(users[:30], n=4) == plain[:30]
+    model.params["cold"] = {"rerank": "new-cold"}
+    path = tmp_path / "ranked.npz"
+    model.save(path)
+    assert Recommender.load(path).recommend(users, n=4) == plain

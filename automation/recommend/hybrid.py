@@ -155,8 +155,8 @@ class HybridRecommender(Recommender):
                 raise ValidationError(f"{key}={p[key]} should be > 0 (or None)")
         if p["history"] not in ("items", "orders"):
             raise ValidationError(f"history={p['history']!r} should be 'items' or 'orders'")
-        if p["rerank"] not in ("none", *rerank_module.MODES):
-            raise ValidationError(f"rerank={p['rerank']!r} should be 'none', 'new' or 'all'")
+        if p["rerank"] not in ("none", *rerank_module.RANKERS):
+            raise ValidationError(f"rerank={p['rerank']!r} should be one of 'none', 'new', 'all'")
         if float(p["ranker_days"]) < 0:
             raise ValidationError(f"ranker_days={p['ranker_days']} should be >= 0 (0: no ranker)")
         if int(p["ranker_candidates"]) < 1:

@@ -12,7 +12,9 @@ fitted on the events before them, its top ``ranker_candidates`` items per custom
 with history before the held-out days who bought in them) are the examples, and an item is
 positive when the customer bought it in the held-out days. Two coefficient sets are learned:
 ``new`` (candidates and labels leave out what the customer had bought before, as
-``filter_seen`` does) and ``all`` (repeat purchases count). At scoring time the hybrid's
+``filter_seen`` does) and ``all`` (repeat purchases count), each also learned from the cold
+customers' examples alone (``new-cold``, ``all-cold``: at most ``cold_orders`` orders before the
+held-out days), for the blend of cold customers to choose. At scoring time the hybrid's
 candidates are ordered by the predicted probability (``rerank``: ``none``, ``new`` or ``all``);
 everything is stored as arrays (means, scales, coefficients).
 """
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from automation.recommend.hybrid import HybridRecommender
 
 MODES = ("new", "all")
+RANKERS = (*MODES, *(f"{m}-cold" for m in MODES))  # a mode, or a mode learned on cold customers
 ITEM_FEATURES = ("popularity", "trend", "price")
 USER_FEATURES = ("orders", "items", "days_since_last")
 PAIR_FEATURES = (
@@ -152,24 +155,34 @@ def train(
     product = ctx.catalogue.is_product[None, :]
     seen = ctx.seen[rows].toarray() > 0
     truth = bought[rows].toarray() > 0
+    cold = ctx.n_orders[rows] <= int(p["cold_orders"])
     for mode in MODES:
         allowed = product & ~seen if mode == "new" else np.broadcast_to(product, seen.shape)
         cand = candidates(total, allowed, n_cand)
         y = truth[np.arange(len(rows))[:, None], cand].reshape(-1)
         if mode == "new":
             y &= ~seen[np.arange(len(rows))[:, None], cand].reshape(-1)
-        if y.all() or not y.any():
-            continue
         X = features(early, rows, segments, comps, cand, components)
-        mean, scale = X.mean(axis=0), X.std(axis=0)
-        scale = np.where(scale > 1e-12, scale, 1.0)
-        lr = LogisticRegression(C=float(p["ranker_c"]), max_iter=2000)
-        lr.fit((X - mean) / scale, y)
-        out[f"{mode}_mean"] = mean
-        out[f"{mode}_scale"] = scale
-        out[f"{mode}_coef"] = lr.coef_.ravel().astype(np.float64)
-        out[f"{mode}_intercept"] = np.asarray(lr.intercept_, dtype=np.float64)
+        for name, keep in ((mode, slice(None)), (f"{mode}-cold", np.repeat(cold, cand.shape[1]))):
+            out.update(_learn(name, X[keep], y[keep], float(p["ranker_c"])))
     return out
+
+
+def _learn(name: str, X: FloatArray, y: np.ndarray, c: float) -> dict[str, FloatArray]:
+    """The standardised logistic regression of ``y`` on ``X`` as arrays prefixed ``name``
+    (none when ``y`` has one class only)."""
+    if not len(y) or y.all() or not y.any():
+        return {}
+    mean, scale = X.mean(axis=0), X.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    lr = LogisticRegression(C=c, max_iter=2000)
+    lr.fit((X - mean) / scale, y)
+    return {
+        f"{name}_mean": mean,
+        f"{name}_scale": scale,
+        f"{name}_coef": lr.coef_.ravel().astype(np.float64),
+        f"{name}_intercept": np.asarray(lr.intercept_, dtype=np.float64),
+    }
 
 
 def rerank(
@@ -188,7 +201,7 @@ def rerank(
     if len(ranker[f"{mode}_coef"]) != len(feature_names(components)):
         return total  # a ranker stored with other features: the blend alone
     allowed = np.broadcast_to(ctx.catalogue.is_product[None, :], total.shape)
-    if mode == "new":
+    if mode.startswith("new"):
         safe = np.where(rows >= 0, rows, 0)
         allowed = allowed & ~(ctx.seen[safe].toarray() > 0)
     cand = candidates(total, allowed, int(model.params["ranker_candidates"]))

@@ -18,6 +18,7 @@ from automation.recommend.base import Recommender, Rules
 from automation.recommend.hybrid import COMPONENTS, TREND_HALF_LIVES, HybridRecommender
 from automation.recommend.metrics import ranking_metrics
 from automation.recommend.registry import make_recommender
+from automation.recommend.rerank import RANKERS
 from automation.recommend.splits import PROTOCOLS, ProtocolData, SplitData
 
 Progress = Callable[[str], None]
@@ -211,8 +212,16 @@ def _ascend_cold(
     fixed = {key: v for key, v in chosen.items() if key not in HYBRID_STEPS}
     saved = dict(model.params)
     model.params["cold"] = None
+    steps = {**HYBRID_STEPS, "rerank": ("none", *RANKERS)}
+    mode = f"{RERANK_START[protocol]}-cold"
+    tried = 0
     try:
-        found, _, tried = _ascend(model, cold, protocol, k, fixed, HYBRID_PASSES, start)
+        found, score, tried = _ascend(model, cold, protocol, k, fixed, HYBRID_PASSES, start, steps)
+        if f"{mode}_coef" in model.ranker_:  # a second start, with the cold ranker on
+            other = _ascend(model, cold, protocol, k, fixed, 1, start | {"rerank": mode}, steps)
+            tried += other[2]
+            if other[1] > score + 1e-9:
+                found = other[0]
     finally:
         model.params.clear()
         model.params.update(saved)
@@ -242,8 +251,9 @@ def _ascend(
     fixed: dict[str, Any],
     passes: int,
     start: dict[str, Any] | None = None,
+    steps: dict[str, tuple[float | str, ...]] = HYBRID_STEPS,
 ) -> tuple[dict[str, Any], float, int]:
-    """Coordinate ascent over the hybrid's blend weights, shrink and gamma."""
+    """Coordinate ascent over the hybrid's blend weights, shrink and gamma (``steps``)."""
     saved = dict(model.params)
     current = dict(start) if start is not None else {key: saved[key] for key in HYBRID_STEPS}
     tried = 1
@@ -252,7 +262,7 @@ def _ascend(
         best = objective(model, data, protocol, k)
         for _ in range(passes):
             improved = False
-            for key, values in HYBRID_STEPS.items():
+            for key, values in steps.items():
                 for v in values:
                     if v == current[key]:
                         continue
