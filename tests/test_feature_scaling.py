@@ -1,4 +1,5 @@
-"""FeatureScaler: evidence shrinkage, standardisation, group weights, stored round trip."""
+"""FeatureScaler: evidence shrinkage, standardisation, group weights, decorrelation, stored
+round trip."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_missing_rating_is_the_raters_mean_and_trend_needs_both_windows() -> Non
 
 def test_standardised_and_group_weighted() -> None:
     raw = _raw()
-    scaler = FeatureScaler().fit(raw)
+    scaler = FeatureScaler(whiten=False).fit(raw)
     X = scaler.transform(raw)
     cols = scaler.features_
     w = np.array([scaler.weight_[c] for c in cols])
@@ -85,7 +86,7 @@ def test_round_trip_and_scalers_stored_before_shrinkage() -> None:
     again = FeatureScaler.from_dict(scaler.to_dict())
     assert np.array_equal(again.transform(raw), scaler.transform(raw))
     legacy = scaler.to_dict()
-    del legacy["shrink"], legacy["priors"]
+    del legacy["shrink"], legacy["priors"], legacy["whiten"]
     old = FeatureScaler.from_dict(legacy)
     X = old.transform(raw)
     j = old.features_.index("view_to_cart")
@@ -93,3 +94,21 @@ def test_round_trip_and_scalers_stored_before_shrinkage() -> None:
     expected = np.clip((v - old.center_["view_to_cart"]) / old.scale_["view_to_cart"], -6, 6)
     assert np.allclose(X[:, j], expected * old.weight_["view_to_cart"])
     assert not np.allclose(X, scaler.transform(raw))
+
+
+def test_decorrelation_shrinks_the_redundant_direction_and_keeps_columns() -> None:
+    """Five columns that all measure activity: after the whitening the direction they share
+    weighs less against the others, the total variance is what it was, and column j still
+    follows feature j (ZCA, not a rotation onto principal axes)."""
+    raw = _raw(n=2000, seed=1)
+    plain = FeatureScaler(whiten=False).fit(raw).transform(raw)
+    scaler = FeatureScaler().fit(raw)
+    X = scaler.transform(raw)
+    ev_plain = np.linalg.eigvalsh(np.cov(plain, rowvar=False))
+    ev = np.linalg.eigvalsh(np.cov(X, rowvar=False))
+    assert ev.sum() == pytest.approx(ev_plain.sum(), rel=1e-6)
+    assert ev[-1] / ev.sum() < 0.9 * ev_plain[-1] / ev_plain.sum()
+    for j in range(X.shape[1]):
+        if plain[:, j].std() > 0:
+            assert np.corrcoef(plain[:, j], X[:, j])[0, 1] > 0.5
+    assert scaler.whiten_ is not None and np.allclose(scaler.whiten_, scaler.whiten_.T)

@@ -22,6 +22,19 @@ Per column, in order:
    volume columns one shared unit too was tried: no better on the simulator, and on Online Retail,
    where value is what separates customers, the monthly updates merged the high-value segment
    away.)
+5. **Decorrelation** (:func:`fit_whitening`, on by default). Many columns measure the same thing
+   (orders, spend, items, carts and views all grow with a user's activity), so a plain sum of
+   squares counts activity several times over. A regularised ZCA whitening,
+   ``W = U diag(1 / sqrt(ev + r)) U^T`` from the eigen-decomposition of the scaled columns'
+   covariance, with ``r`` = :data:`WHITEN_RIDGE` mean eigenvalues, shrinks the directions far
+   above the average spread (the shared activity direction) and leaves the others nearly as
+   they were; ``W`` is then scaled so the total variance is what it was (thresholds in scaled
+   units keep their meaning). ZCA, not PCA: column ``j`` stays feature ``j``, so explanations
+   still name features. On the simulator (``none``, the day-28 warm-up, 5 personas) the
+   lowest-inertia KMeans of 4 went from ARI 0.43 / 0.41 to 0.59 / 0.59 (seeds 0 / 1); day 46
+   0.77 -> 0.78, day 56 (6 personas) 0.85 -> 0.85. The gain is the objective's choice between
+   two near-equal five-cluster solutions (one persona-like) tipping to the persona-like one; it
+   is gone with ``r`` above ~30 mean eigenvalues.
 
 Columns with no spread at all when fitted (every user has no views, or nobody has bought from a
 category yet) are kept at the floor scale and listed in ``constant_``: they add nothing to
@@ -67,8 +80,34 @@ PSEUDO = {
 lines, orders, intervals between orders)."""
 AFFINITY_WEIGHT = 2.0
 """Total weight of the affinity columns (a composition: they share it)."""
+WHITEN_RIDGE = 8.0
+"""The whitening's regulariser in mean eigenvalues (step 5). On the simulator 1-16 give the same
+partitions (ARI within 0.015). On Online Retail, whose spectrum is flat after its top two
+directions, 1 and 2 flattened it: the demo's warm-up chose K=8 / K=5, and its monthly updates
+merged segments and refitted four times (ids kept by no segment all year); 8 keeps the demo's
+K=5, its five names and every id all year."""
 TREND_SPAN_DAYS = 180.0
 """``activity_trend`` compares two 90-day windows: meaningful once a user's history covers both."""
+
+
+def fit_whitening(X: np.ndarray) -> np.ndarray:
+    """The regularised ZCA matrix of :class:`FeatureScaler` (step 5) for the scaled rows ``X``.
+
+    The regulariser is the mean eigenvalue (the spread an average direction has), taken from the
+    data: directions far above it are divided by their own spread, those below it keep about
+    ``sqrt(ev / mean)`` of theirs.
+    """
+    if len(X) < 2 or X.shape[1] < 2:
+        return np.eye(X.shape[1])
+    C = np.cov(X, rowvar=False)
+    ev, U = np.linalg.eigh(C)
+    ev = np.clip(ev, 0.0, None)
+    lam = WHITEN_RIDGE * float(ev.mean())
+    if lam <= 0:
+        return np.eye(X.shape[1])
+    W = (U / np.sqrt(ev + lam)) @ U.T
+    kept = float(np.trace(W @ C @ W))
+    return W * np.sqrt(float(np.trace(C)) / kept) if kept > 0 else np.eye(X.shape[1])
 
 
 def transform_column(name: str, values: np.ndarray) -> np.ndarray:
@@ -198,8 +237,9 @@ class FeatureScaler:
     (4, 2)
     """
 
-    def __init__(self, clip: float = 6.0) -> None:
+    def __init__(self, clip: float = 6.0, whiten: bool = True) -> None:
         self.clip = clip
+        self.whiten = whiten
 
     def fit(self, raw: pd.DataFrame) -> FeatureScaler:
         if self.clip <= 0:
@@ -234,6 +274,9 @@ class FeatureScaler:
         self.weight_ = {
             c: (AFFINITY_WEIGHT / np.sqrt(n_aff) if _is_affinity(c) else 1.0) for c in kept
         }
+        self.whiten_: np.ndarray | None = None
+        if self.whiten:
+            self.whiten_ = fit_whitening(self.transform(raw))
         return self
 
     def transform(self, raw: pd.DataFrame) -> np.ndarray:
@@ -248,6 +291,8 @@ class FeatureScaler:
             x = transform_column(name, _values(raw, name, shrunk))
             z = (np.nan_to_num(x, nan=self.center_[name]) - self.center_[name]) / self.scale_[name]
             np.multiply(np.clip(z, -self.clip, self.clip), self.weight_[name], out=out[j])
+        if self.whiten_ is not None:
+            return np.ascontiguousarray(out.T @ self.whiten_)
         return np.ascontiguousarray(out.T)
 
     def fit_transform(self, raw: pd.DataFrame) -> np.ndarray:
@@ -263,6 +308,7 @@ class FeatureScaler:
             "weight": self.weight_,
             "shrink": self.shrink_,
             "priors": self.priors_,
+            "whiten": None if self.whiten_ is None else self.whiten_.tolist(),
         }
 
     @classmethod
@@ -277,4 +323,8 @@ class FeatureScaler:
         # Scalers stored before the shrinkage existed transform as they were fitted.
         s.shrink_ = bool(d.get("shrink", False))
         s.priors_ = {k: float(v) for k, v in d.get("priors", {}).items()}
+        # Scalers stored before the decorrelation existed (no "whiten" key) do without it.
+        w = d.get("whiten")
+        s.whiten = w is not None
+        s.whiten_ = None if w is None else np.asarray(w, dtype=np.float64)
         return s
