@@ -79,6 +79,19 @@ def test_a_new_dense_group_is_born_with_a_new_id() -> None:
     assert born[0]["evidence"]["distinguishing"][0]["feature"] == "b"
 
 
+def test_a_behaviour_split_is_not_merged_back_on_geometry() -> None:
+    """Two overlapping segments merge, unless one was split off the other on behaviour."""
+    X = blobs([[0, 0], [0.2, 0], [5, 5]], n=200)
+    labels = np.array(["seg-1"] * 200 + ["seg-2"] * 200 + ["seg-3"] * 200, dtype=object)
+    for follow, merges in (({}, True), ({"parent": "seg-1", "cut": 1.2}, False)):
+        seg = DynamicSegmenter().init_from_partition(X, labels)
+        seg.active[1].follow = dict(follow)
+        _, transitions, _ = apply_structure(
+            seg, X, labels, np.ones(len(X), bool), ["a", "b"], lambda: "seg-9"
+        )
+        assert any(t["type"] == "merged" for t in transitions) is merges
+
+
 def test_converged_segments_merge_and_a_faded_one_retires() -> None:
     X = blobs([[0, 0], [0.2, 0], [5, 5]], n=200)
     labels = np.array(["seg-1"] * 200 + ["seg-2"] * 200 + ["seg-3"] * 200, dtype=object)
