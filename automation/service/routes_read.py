@@ -29,7 +29,7 @@ def get_user(
     uid = stored_id(state, user_id)
     snap = state.snapshot
     if snap is not None:
-        with state.engine.connect() as conn:
+        with state.reads.connect() as conn:
             fast = lookup.lookup(conn, snap, uid, migrations)
         if fast is not None:
             return {**fast, "user_id": user_id}
