@@ -1,5 +1,5 @@
 """``shoal serve --workers 2`` on a store that does not exist yet: both server processes start
-(the store is created once, before them) and stay up."""
+(the store is created once, before them) and stay up; one background process works."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from automation.service.background import STANDBY_SECONDS
 from tests.receivers import free_port
 
 
@@ -41,10 +42,15 @@ def test_two_workers_start_on_a_new_store(tmp_path: Path) -> None:
                 for _ in range(20)
             ]
             assert answers == [200] * 20
-            time.sleep(1.0)
+            # One background process takes the store's lease; the other stands by.
+            while "background lease taken" not in log_path.read_text():
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+            time.sleep(3 * STANDBY_SECONDS)
         finally:
             server.terminate()
             server.wait(timeout=60)
     text = log_path.read_text()
     assert "died" not in text and "already exists" not in text, text
     assert text.count("Started server process") == 2, text
+    assert text.count("background lease taken") == 1, text

@@ -15,7 +15,9 @@ recommender in ``recommender_models``) and says so; the API process then loads t
   folds and failed passes for ``/metrics``.
 
 The background process runs at a lower CPU priority (``NICE``), and ends when asked, or by
-itself when the API process that started it is gone.
+itself when the API process that started it is gone. With several API processes
+(``--workers N``), one background process works and the others stand by
+(:mod:`automation.service.leader`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from automation.errors import ShoalError
 log = logging.getLogger("shoal.service.background")
 NICE = 5  # the background process yields CPU to requests (weight ~1/3 of the API's)
 _SPAWN = mp.get_context("spawn")
+STANDBY_SECONDS = 2.0  # a standby (another server process's holds the lease) retries this often
 
 
 class Doorbell:
@@ -149,6 +152,7 @@ class BackgroundProcess:
 def run(settings: Settings, embedded: bool, channels: Channels, parent: int) -> None:
     """The background process's loop (the target of :class:`BackgroundProcess`)."""
     from automation.service.folder import fold_once, freeze_heap
+    from automation.service.leader import Lease
     from automation.service.state import ServiceState
     from automation.store.db import open_store
 
@@ -159,8 +163,12 @@ def run(settings: Settings, embedded: bool, channels: Channels, parent: int) -> 
     freeze_heap()  # modules out of the cyclic GC's walks (see freeze_heap)
     forced = channels.force.value
     frozen = False
+    lease = Lease(state.engine)  # one background process per store works (--workers N)
     try:
         while not channels.stopping.value and os.getppid() == parent:
+            if not lease.held():
+                channels.wake.wait(STANDBY_SECONDS)
+                continue
             state.last_ingest = channels.last_ingest.value
             if channels.force.value != forced:
                 forced = channels.force.value
@@ -184,4 +192,5 @@ def run(settings: Settings, embedded: bool, channels: Channels, parent: int) -> 
                     frozen = True
             channels.wake.wait(settings.fold_seconds)
     finally:
+        lease.release()
         state.engine.dispose()
