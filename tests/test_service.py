@@ -9,6 +9,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +24,61 @@ from automation.features.build import ts_param
 from automation.service import create_app
 from automation.simulate import simulate
 from automation.store.db import open_store
+from tests.conftest import _pg_store
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 START = pd.Timestamp("2024-01-01", tz="UTC")
 
 
-@pytest.fixture
-def shop_files(tmp_path: Path) -> dict[str, Any]:
+def _shop(directory: Path) -> dict[str, Any]:
     sim = simulate(n_users=1500, days=25, seed=4, target_events=40_000)
-    path = tmp_path / "shop.csv"
+    path = directory / "shop.csv"
     sim.events.to_csv(path, index=False)
     return {"path": path, "events": sim.events, "items": sim.items}
 
 
 @pytest.fixture
-def client(db_url: str, shop_files: dict[str, Any]) -> Iterator[TestClient]:
+def shop_files(tmp_path: Path) -> dict[str, Any]:
+    return _shop(tmp_path)
+
+
+@contextmanager
+def _serving(db_url: str, shop: dict[str, Any]) -> Iterator[TestClient]:
     engine = open_store(db_url)
-    api.ingest(engine, [shop_files["path"]])
+    api.ingest(engine, [shop["path"]])
     api.segment(engine, k="3")
     engine.dispose()
     settings = Settings(database_url=db_url, api_token=TOKEN, fold_seconds=0.2)
     with TestClient(create_app(settings)) as c:
         wait(lambda: c.get("/healthz").json()["recommender_ready"], "the recommender")
+        yield c
+
+
+@pytest.fixture
+def client(db_url: str, shop_files: dict[str, Any]) -> Iterator[TestClient]:
+    """A service of its own (for tests that kill, erase or wait for a fold)."""
+    with _serving(db_url, shop_files) as c:
+        yield c
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def shared_db_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('shared') / 'shoal.db'}"
+    else:
+        yield from _pg_store()
+
+
+@pytest.fixture(scope="module")
+def shared(shared_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One service for the tests that only add users of their own or read (each service's start,
+    a background process and a recommender fit, is most of these tests' time)."""
+    with _serving(shared_db_url, _shop(tmp_path_factory.mktemp("shop"))) as c:
         yield c
 
 
@@ -69,7 +102,8 @@ def message(user: str, event: str, ts: pd.Timestamp, i: int, **props: Any) -> di
     }
 
 
-def test_writes_need_the_token_and_errors_share_one_shape(client: TestClient) -> None:
+def test_writes_need_the_token_and_errors_share_one_shape(shared: TestClient) -> None:
+    client = shared
     r = client.post("/v1/track", json={"userId": "u", "event": "Product Viewed"})
     assert r.status_code == 401 and set(r.json()) == {"error", "message"}
     r = client.post("/v1/batch", json={"nope": []}, headers=AUTH)
@@ -82,7 +116,8 @@ def test_writes_need_the_token_and_errors_share_one_shape(client: TestClient) ->
     assert client.get("/v1/nowhere").json()["error"] == "not_found"
 
 
-def test_batch_accepts_good_events_and_reports_bad_ones(client: TestClient) -> None:
+def test_batch_accepts_good_events_and_reports_bad_ones(shared: TestClient) -> None:
+    client = shared
     ts = pd.Timestamp("2024-01-26T10:00:00Z")
     batch = [
         message("new-1", "Product Viewed", ts, 0, product_id="I1", price=3.0),
@@ -171,7 +206,8 @@ def test_a_killed_background_process_is_replaced_and_folds(client: TestClient) -
     wait(segmented, "the new user's segment from the new background process")
 
 
-def test_reads_dashboard_metrics_and_openapi(client: TestClient) -> None:
+def test_reads_dashboard_metrics_and_openapi(shared: TestClient) -> None:
+    client = shared
     segs = client.get("/v1/segments").json()
     sid = segs["segments"][0]["id"]
     one = client.get(f"/v1/segments/{sid}").json()
@@ -242,10 +278,11 @@ def _key_of(conn: Any, user: str) -> int:
 
 
 def test_lookup_fast_path_routing_and_migrations_match_the_library(
-    client: TestClient, db_url: str
+    shared: TestClient, shared_db_url: str
 ) -> None:
     """The support lookup reads key, routing and migrations in one query: same answer as
     ``api.user`` (the library's path), newest ``migrations`` kept, oldest first."""
+    client, db_url = shared, shared_db_url
     sid, user = _first_member(client)
     engine = open_store(db_url)
     with engine.begin() as conn:
