@@ -147,7 +147,7 @@ def run_update(
     task_key: str | None = None,
     policy: StructurePolicy | None = None,
     half_life_days: float = 7.0,
-    margin: float = 0.65,
+    margin: float = 0.3,
     compaction: Compaction | None = None,
 ) -> UpdateResult | None:
     """Fold every pending ingest batch into the live segmentation; ``None`` if none is pending.
