@@ -31,6 +31,17 @@ def test_hysteresis_keeps_a_user_unless_clearly_closer() -> None:
     assert seg.assign(near_middle, current).tolist() == ["seg-1", "seg-2"]
 
 
+def test_users_with_new_events_move_on_a_smaller_gain() -> None:
+    """The other centre's squared distance 0.55 of the current one's: enough for a user with
+    new events (margin_active 0.3: below 0.7), not for one moved by time alone (0.65: 0.35)."""
+    seg, _, _ = two_segments()
+    x = np.array([[2.3, 0.0], [2.3, 0.0]])  # about 5.3 from seg-1's centre, 2.9 from seg-2's
+    current = np.array(["seg-1", "seg-1"], dtype=object)
+    moved = seg.assign(x, current, np.array([True, False]))
+    assert moved.tolist() == ["seg-2", "seg-1"]
+    assert seg.assign(x, current).tolist() == ["seg-1", "seg-1"]
+
+
 def test_forgetting_moves_centres_by_the_half_life() -> None:
     seg, X, labels = two_segments()
     start = seg.active[0].center.copy()

@@ -6,17 +6,20 @@ distance) and a radius (95th percentile of member distances). One :meth:`step` f
 users' current vectors:
 
 1. **Assignment with hysteresis.** A user moves from segment ``a`` to the nearest ``b`` only if
-   ``d(x, b)^2 < (1 - margin) * d(x, a)^2``, so noise does not flip people back and forth. The
-   default ``margin = 0.3`` (``b`` about 16% nearer than ``a``). It was 0.65 when the features
-   were noisier (migrations of unchanged users about 0.5% a day); with the shrinkage and the
-   decorrelation of :mod:`automation.features.scaling` it kept almost every user where the
-   warm-up refit had put him, while users measured on few events at the refit become clear
-   later. Replaying the simulator's ``none`` run (seed 0, days 29-47, the day-28 partition and
-   this class without structure changes): margin 0.65 / 0.5 / 0.4 / 0.3 / 0.2 / 0 gave ARI
-   against the personas 0.598 / 0.648 / 0.684 / 0.717 / 0.734 / 0.745 from day 38, with
-   0.08 / 0.25 / 0.38 / 0.55 / 0.80 / 2.19% of the users moving a day (worst day 0.14 / 0.32 /
-   0.56 / 0.74 / 1.04 / 2.90%): 0.3 keeps the worst day under the issue's 1% with room for the
-   structure changes.
+   ``d(x, b)^2 < (1 - margin) * d(x, a)^2``, so noise does not flip people back and forth.
+   Two margins: ``margin = 0.65`` (``b`` about 40% nearer than ``a``) for a user whose vector
+   moved by time alone (recency and tenure grow every day: a smaller margin moves users back
+   and forth across borders drawn by time), and ``margin_active = 0.3`` (about 16% nearer) for
+   a user with new events in this update, whose evidence grew: users measured on few events at
+   the refit become clear later, and one margin of 0.65 kept nearly all of them where the
+   warm-up put them. Replaying the simulator's ``none`` run (seed 0, days 29-47, the day-28
+   partition, this class without structure changes): ARI against the personas from day 38
+   0.598 with 0.65 for everyone, 0.711 with 0.3 for active users (0.717 with 0.3 for everyone,
+   0.745 with 0), users moving a day 0.08% / 0.48% / 0.55% / 2.19% (worst day 0.14% / 0.68% /
+   0.74% / 2.90%). :func:`automation.segments.update.run_update` applies ``margin_active`` to
+   daily (or more frequent) updates and moves it back towards ``margin`` as the time between
+   updates grows (``1 / days`` of the difference): 0.3 for the active users of monthly updates
+   broke the demo (Online Retail: 733 migrations in the first month, a split, a refit to K=2).
 2. **Forgetting.** With ``a = 0.5 ** (dt / half_life)``, each centre becomes
    ``a * centre + (1 - a) * mean(members)`` and each weight ``a * weight + (1 - a) * count``
    (Spark's StreamingKMeans rule with a half-life in days, 7 by default: centres follow a
@@ -148,11 +151,16 @@ class DynamicSegmenter:
     """
 
     def __init__(
-        self, half_life_days: float = 7.0, half_life_events: float = 5000.0, margin: float = 0.3
+        self,
+        half_life_days: float = 7.0,
+        half_life_events: float = 5000.0,
+        margin: float = 0.65,
+        margin_active: float = 0.3,
     ) -> None:
         self.half_life_days = half_life_days
         self.half_life_events = half_life_events
         self.margin = margin
+        self.margin_active = margin_active
 
     # ----------------------------------------------------------------------------- state
     def init_from_partition(
@@ -193,8 +201,9 @@ class DynamicSegmenter:
             raise ValidationError(f"half_life_days={self.half_life_days} should be > 0")
         if self.half_life_events <= 0:
             raise ValidationError(f"half_life_events={self.half_life_events} should be > 0")
-        if not 0 <= self.margin < 1:
-            raise ValidationError(f"margin={self.margin} should be in [0, 1)")
+        for name in ("margin", "margin_active"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValidationError(f"{name}={getattr(self, name)} should be in [0, 1)")
 
     @property
     def active(self) -> list[SegmentStats]:
@@ -211,10 +220,13 @@ class DynamicSegmenter:
         idx, _ = nearest_centroid(np.asarray(X, dtype=np.float64), centers)
         return np.asarray(ids, dtype=object)[idx]
 
-    def assign(self, X: np.ndarray, current: np.ndarray) -> np.ndarray:
+    def assign(
+        self, X: np.ndarray, current: np.ndarray, active: np.ndarray | None = None
+    ) -> np.ndarray:
         """New segment id per row: the nearest, unless the current one is nearly as close.
 
-        Rows whose ``current`` is empty (users new since the last step) are remembered in
+        ``active`` marks the rows with new events (``margin_active`` applies to them, ``margin``
+        to the others; without it, ``margin`` to every row). Rows whose ``current`` is empty (users new since the last step) are remembered in
         ``newcomers_`` for the structure changes (a new kind of customer is born from them).
         """
         ids, centers = self.centers()
@@ -230,7 +242,10 @@ class DynamicSegmenter:
                 stop = start + CHUNK_ROWS
                 diff = X[start:stop] - centers[np.maximum(cur_idx[start:stop], 0)]
                 cur_d2[start:stop] = np.einsum("ij,ij->i", diff, diff)
-            stay = has & (best_d2 >= (1.0 - self.margin) * cur_d2)
+            margin = np.full(len(X), self.margin)
+            if active is not None:
+                margin[np.asarray(active, bool)] = self.margin_active
+            stay = has & (best_d2 >= (1.0 - margin) * cur_d2)
             out[stay] = np.asarray(current, dtype=object)[stay]
         return out
 
