@@ -18,6 +18,7 @@ from automation.service.folder import (
     FOLD_EVERY,
     FOLD_LATEST,
     FOLD_SHARE,
+    REFIT_EVERY,
     fold_once,
     publish_once,
 )
@@ -96,3 +97,28 @@ def test_the_api_loads_what_the_background_stores_and_nothing_from_before_an_era
     background.force_refit.set()
     refitted = fold_once(background, embedded=True)["recommender"]
     assert refitted[2] == 1 and publish_once(served) == {"recommender": refitted}
+
+
+def test_under_a_stream_the_recommender_waits_until_it_has_been_behind_long_enough(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A stream of ingest after a quiet spell: no refit at its first requests (the last refit
+    being long ago), but once the model has been behind the store for REFIT_EVERY seconds."""
+    sim = simulate(n_users=300, days=15, seed=6, target_events=4_000)
+    path = tmp_path / "shop.csv"
+    sim.events.to_csv(path, index=False)
+    api.ingest(engine, [path])
+    api.segment(engine, k="3")
+    state = ServiceState(engine, Settings(database_url=str(engine.url), api_token="t"))
+    assert "recommender" in fold_once(state, embedded=True)  # the first model
+    state.last_refit = time.monotonic() - 10 * REFIT_EVERY  # a quiet spell since
+    for i in range(3):  # the stream: each pass sees a new batch with ingest still arriving
+        _pending(state, i)
+        state.last_ingest = time.monotonic()
+        assert "recommender" not in fold_once(state, embedded=True)
+    assert state.stale_since is not None
+    state.stale_since -= REFIT_EVERY + 1  # behind the store for longer than REFIT_EVERY
+    _pending(state, 3)
+    state.last_ingest = time.monotonic()
+    assert "recommender" in fold_once(state, embedded=True)
+    assert state.stale_since is None

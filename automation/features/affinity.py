@@ -166,7 +166,49 @@ def apply_affinity(
         w = _category_weights(conn, "user_categories", None, only)
         return _category_frame(w, model.categories, users)
     if model.kind == "taste":
+        if conn.dialect.name == "postgresql":
+            return _taste_in_database(conn, model, users, only)
         ui = _purchases(conn, "user_items", None, only)
         m = _taste_matrix(ui, users, model.items, model.idf)
         return _taste_frame((m @ model.components.T) * model.signs, users)
     return None
+
+
+def _taste_in_database(
+    conn: Connection, model: AffinityModel, users: pd.Index, only: str
+) -> pd.DataFrame:
+    """:func:`apply_affinity`'s taste coordinates summed by PostgreSQL: one row per user
+    instead of every purchased (user, item) pair read out and pivoted here (an update touching
+    5,000 Online Retail customers read ~300,000 pairs, a third of a fold's time). The model's
+    items, IDF weights and components go in as arrays; the same arithmetic as
+    :func:`_taste_matrix` (``log1p`` counts times IDF, rows L2-normalised over the model's
+    items, projected on the components)."""
+    k = model.components.shape[0]
+    comps = ", ".join(f"CAST(:c{j} AS float8[])" for j in range(k))
+    cols = ", ".join(f"c{j}" for j in range(k))
+    sums = ", ".join(f"SUM(x.v * x.c{j}) AS z{j}" for j in range(k))
+    rows = conn.execute(
+        text(
+            f"""WITH w AS (
+                    SELECT * FROM unnest(CAST(:items AS bigint[]), CAST(:idf AS float8[]), {comps})
+                    AS w(item_key, idf, {cols}))
+                SELECT x.user_key, SQRT(SUM(x.v * x.v)) AS norm, {sums}
+                FROM (SELECT ui.user_key, LN(1 + ui.n_purchases) * w.idf AS v, {cols}
+                      FROM user_items ui JOIN items it ON it.id = ui.item_key
+                      JOIN w ON w.item_key = ui.item_key
+                      WHERE ui.n_purchases > 0 AND it.is_product = TRUE{only}) x
+                GROUP BY x.user_key"""
+        ),
+        {
+            "items": model.items.astype(np.int64).tolist(),
+            "idf": model.idf.astype(np.float64).tolist(),
+            **{f"c{j}": model.components[j].astype(np.float64).tolist() for j in range(k)},
+        },
+    ).all()
+    z = np.zeros((len(users), k))
+    if rows:
+        got = np.array([r[1:] for r in rows], dtype=np.float64)
+        at = users.get_indexer(pd.Index([int(r[0]) for r in rows]))
+        keep = (at >= 0) & (got[:, 0] > 0)
+        z[at[keep]] = got[keep, 1:] / got[keep, :1]
+    return _taste_frame(z * model.signs, users)

@@ -42,7 +42,7 @@ FOLD_SHARE = 0.25  # ... but then folding takes at most this share of the time,
 FOLD_LATEST = 4.0  # ... and a fold waits no longer than this (API freshness within 5 s)
 CAMPAIGNS_EVERY = 30.0  # embedded: campaigns and dispatch at least this often
 QUIET_SECONDS = 1.5  # refit the recommender once ingest has been quiet this long
-REFIT_EVERY = 60.0  # ... or at least this often under continuous ingest
+REFIT_EVERY = 60.0  # ... or once it has been behind the store this long under continuous ingest
 MODEL = "hybrid"  # the recommender the service fits, stores and serves
 
 
@@ -90,11 +90,30 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
     mark = store_mark(state)
     current = state.recommender
     now = time.monotonic()
-    # Refit when the store changed, but not while ingest requests keep arriving (at most once
-    # per REFIT_EVERY seconds then): a refit takes CPU the requests need.
-    quiet = now - state.last_ingest > QUIET_SECONDS or now - state.last_refit > REFIT_EVERY
+    # Refit when the store changed, but not while ingest requests keep arriving: then only once
+    # the model has been behind the store for REFIT_EVERY seconds (a refit takes CPU the
+    # requests need). Counted from when it fell behind, not from the last refit: after a quiet
+    # spell the first requests of a stream would otherwise set one off at once.
+    stale = current is not None and current[2] != mark
+    if not stale:
+        state.stale_since = None
+    elif state.stale_since is None:
+        state.stale_since = now
+    quiet = now - state.last_ingest > QUIET_SECONDS or (
+        state.stale_since is not None and now - state.stale_since > REFIT_EVERY
+    )
     forced = state.force_refit.is_set()
-    if mark[1] and (current is None or forced or (current[2] != mark and quiet)):
+    if mark[1] and (current is None or forced or (stale and quiet)):
+        log.info(
+            "recommender refit: %s",
+            "first"
+            if current is None
+            else "forced"
+            if forced
+            else "quiet"
+            if now - state.last_ingest > QUIET_SECONDS
+            else "behind for long",
+        )
         state.force_refit.clear()
         from automation.recommend.persist import current_model
 
@@ -102,6 +121,7 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
         with state.lock:
             state.recommender = (rec, None, mark)
         state.last_refit = time.monotonic()
+        state.stale_since = None
         did["recommender"] = mark
     return did
 

@@ -60,6 +60,7 @@ class ServiceState:
     snapshot: Any = None  # lookup.Snapshot of the newest version, loaded by the folder
     last_ingest: float = 0.0  # monotonic time of the newest ingest request
     last_refit: float = 0.0  # monotonic time the recommender was last refitted
+    stale_since: float | None = None  # monotonic time the recommender fell behind the store
     last_fold: float = 0.0  # monotonic time of the last fold
     fold_seconds: float = 0.0  # how long the last fold took
     last_campaigns: float = 0.0  # monotonic time campaigns last ran in this process
