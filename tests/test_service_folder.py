@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import Engine
@@ -40,6 +41,15 @@ def _pending(state: ServiceState, i: int) -> None:
     assert ingest_messages(state, [msg]).accepted == 1
 
 
+def _shop(engine: Engine, tmp_path: Path, seed: int) -> Any:
+    """A small simulated shop ingested into ``engine`` (the simulation returned)."""
+    sim = simulate(n_users=300, days=15, seed=seed, target_events=4_000)
+    path = tmp_path / "shop.csv"
+    sim.events.to_csv(path, index=False)
+    api.ingest(engine, [path])
+    return sim
+
+
 def _busy(state: ServiceState, since_fold: float, fold_seconds: float) -> bool:
     """Whether a pass with ingest still arriving skips the fold (with a batch pending)."""
     now = time.monotonic()
@@ -50,10 +60,7 @@ def _busy(state: ServiceState, since_fold: float, fold_seconds: float) -> bool:
 
 
 def test_slow_folds_are_spaced_under_continuous_ingest(engine: Engine, tmp_path: Path) -> None:
-    sim = simulate(n_users=300, days=15, seed=3, target_events=4_000)
-    path = tmp_path / "shop.csv"
-    sim.events.to_csv(path, index=False)
-    api.ingest(engine, [path])
+    _shop(engine, tmp_path, seed=3)
     api.segment(engine, k="3")
     state = ServiceState(engine, Settings(database_url=str(engine.url), api_token="t"))
     _pending(state, 0)
@@ -73,10 +80,7 @@ def test_the_api_loads_what_the_background_stores_and_nothing_from_before_an_era
 ) -> None:
     """Two states on one store, as the API process and its background process hold them: the
     background's fold and refit reach the API only through the store."""
-    sim = simulate(n_users=300, days=15, seed=5, target_events=4_000)
-    path = tmp_path / "shop.csv"
-    sim.events.to_csv(path, index=False)
-    api.ingest(engine, [path])
+    sim = _shop(engine, tmp_path, seed=5)
     version = api.segment(engine, k="3").version
     settings = Settings(database_url=str(engine.url), api_token="t")
     background, served = ServiceState(engine, settings), ServiceState(engine, settings)
@@ -104,10 +108,7 @@ def test_under_a_stream_the_recommender_waits_until_it_has_been_behind_long_enou
 ) -> None:
     """A stream of ingest after a quiet spell: no refit at its first requests (the last refit
     being long ago), but once the model has been behind the store for REFIT_EVERY seconds."""
-    sim = simulate(n_users=300, days=15, seed=6, target_events=4_000)
-    path = tmp_path / "shop.csv"
-    sim.events.to_csv(path, index=False)
-    api.ingest(engine, [path])
+    _shop(engine, tmp_path, seed=6)
     api.segment(engine, k="3")
     state = ServiceState(engine, Settings(database_url=str(engine.url), api_token="t"))
     assert "recommender" in fold_once(state, embedded=True)  # the first model
