@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from automation.errors import ValidationError
 from automation.recommend import Recommender
@@ -118,3 +119,19 @@ def test_rankers_learned_on_the_cold_customers_alone(tmp_path: Path) -> None:
     path = tmp_path / "ranked.npz"
     model.save(path)
     assert Recommender.load(path).recommend(users, n=4) == plain
+
+
+def test_a_cold_blend_that_does_not_hold_out_is_dropped() -> None:
+    inter = shop()
+    model = HybridRecommender(**BASE).fit(inter)
+    rows = np.arange(inter.n_users, dtype=np.int64)
+    cold = model.context.n_orders[rows] <= 2
+    # every cold customer's truth is one item drawn at random: nothing to learn
+    rng = np.random.default_rng(3)
+    truth = sp.csr_matrix(
+        (np.ones(len(rows)), (rows, rng.integers(0, inter.n_items, len(rows)))),
+        shape=(len(rows), inter.n_items),
+    )
+    data = ProtocolData(rows, truth, cold, np.array(["s0"] * len(rows)))
+    found, tried = _ascend_cold(model, data, "repeat", 4, {**model.params})
+    assert tried > 1 and found is None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from automation.recommend.base import Recommender, Rules
+from automation.recommend.data import IntArray
 from automation.recommend.hybrid import COMPONENTS, TREND_HALF_LIVES, HybridRecommender
 from automation.recommend.metrics import ranking_metrics
 from automation.recommend.registry import make_recommender
@@ -201,13 +202,12 @@ def _ascend_cold(
     model: HybridRecommender, data: ProtocolData, protocol: str, k: int, chosen: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, int]:
     """The blend parameters that differ for cold customers: a coordinate ascent on the
-    validation window's cold customers alone, from everyone's (``None``: no change, or none
-    cold)."""
+    validation window's cold customers alone, from everyone's. Kept only when it generalises
+    within the window: the ascent on either half of the cold customers must beat everyone's
+    parameters on the other half (``None``: no change, none cold, or no gain held out)."""
     if not data.cold.any():
         return None, 0
-    cold = ProtocolData(
-        data.rows[data.cold], data.truth[data.cold], data.cold[data.cold], data.segments[data.cold]
-    )
+    idx = np.flatnonzero(data.cold)
     start = {key: chosen[key] for key in HYBRID_STEPS}
     fixed = {key: v for key, v in chosen.items() if key not in HYBRID_STEPS}
     saved = dict(model.params)
@@ -215,17 +215,36 @@ def _ascend_cold(
     steps = {**HYBRID_STEPS, "rerank": ("none", *RANKERS)}
     mode = f"{RERANK_START[protocol]}-cold"
     tried = 0
-    try:
-        found, score, tried = _ascend(model, cold, protocol, k, fixed, HYBRID_PASSES, start, steps)
+
+    def users(rows: IntArray) -> ProtocolData:
+        return ProtocolData(data.rows[rows], data.truth[rows], data.cold[rows], data.segments[rows])
+
+    def search(sub: ProtocolData) -> dict[str, Any]:
+        nonlocal tried
+        found, score, n = _ascend(model, sub, protocol, k, fixed, HYBRID_PASSES, start, steps)
+        tried += n
         if f"{mode}_coef" in model.ranker_:  # a second start, with the cold ranker on
-            other = _ascend(model, cold, protocol, k, fixed, 1, start | {"rerank": mode}, steps)
+            other = _ascend(model, sub, protocol, k, fixed, 1, start | {"rerank": mode}, steps)
             tried += other[2]
             if other[1] > score + 1e-9:
                 found = other[0]
+        return {key: found[key] for key in HYBRID_STEPS}
+
+    def held_out_gain(fit: IntArray, check: IntArray) -> bool:
+        found = search(users(fit))
+        score = _ascend(model, users(check), protocol, k, fixed, 0, found, steps)[1]
+        return score > _ascend(model, users(check), protocol, k, fixed, 0, start, steps)[1] + 1e-9
+
+    try:
+        found = search(users(idx))
+        changed = {key: found[key] for key in HYBRID_STEPS if found[key] != start[key]}
+        if changed and len(idx) >= 2:
+            halves = np.array_split(np.random.default_rng(0).permutation(idx), 2)
+            if not all(held_out_gain(a, b) for a, b in (halves, halves[::-1])):
+                changed = {}
     finally:
         model.params.clear()
         model.params.update(saved)
-    changed = {key: found[key] for key in HYBRID_STEPS if found[key] != start[key]}
     return changed or None, tried
 
 
