@@ -141,7 +141,7 @@ def test_the_process_copy_is_used_only_while_it_is_the_newest(
 
         cur = current_version(conn)
         batch = conn.execute(text("SELECT MAX(id) FROM ingest_batches")).scalar_one()
-        _update(conn, cur, int(batch), None, 7.0, 0.65)
+        _update(conn, cur, int(batch), None, 7.0, (0.65, 0.3))
         raise RuntimeError("roll back")
     with engine.connect() as conn:
         again = load_stored(conn)
