@@ -104,16 +104,7 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
     )
     forced = state.force_refit.is_set()
     if mark[1] and (current is None or forced or (stale and quiet)):
-        log.info(
-            "recommender refit: %s",
-            "first"
-            if current is None
-            else "forced"
-            if forced
-            else "quiet"
-            if now - state.last_ingest > QUIET_SECONDS
-            else "behind for long",
-        )
+        log.info("recommender refit: %s", _reason(current, forced, now - state.last_ingest))
         state.force_refit.clear()
         from automation.recommend.persist import current_model
 
@@ -124,6 +115,14 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
         state.stale_since = None
         did["recommender"] = mark
     return did
+
+
+def _reason(current: Any, forced: bool, since_ingest: float) -> str:
+    if current is None:
+        return "first"
+    if forced:
+        return "forced"
+    return "quiet" if since_ingest > QUIET_SECONDS else "behind the store for long"
 
 
 def publish_once(state: ServiceState) -> dict[str, Any]:

@@ -21,12 +21,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from automation.store.locks import _lock_id
+from automation.store.locks import lock_id
 
 log = logging.getLogger("shoal.service.leader")
 LEASE = "background"
@@ -68,7 +67,7 @@ class Lease:
                 self.conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             schema = self.conn.execute(text("SELECT current_schema()")).scalar() or ""
             got = self.conn.execute(
-                text("SELECT pg_try_advisory_lock(:id)"), {"id": _lock_id(f"{schema}.{LEASE}")}
+                text("SELECT pg_try_advisory_lock(:id)"), {"id": lock_id(f"{schema}.{LEASE}")}
             ).scalar()
             return bool(got)
         path = self.engine.url.database
@@ -102,9 +101,3 @@ class Lease:
                 os.close(self.fd)
             self.fd = None
         self.holding = False
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()

@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 
-def _lock_id(name: str) -> int:
+def lock_id(name: str) -> int:
+    """A PostgreSQL advisory lock key for ``name`` (64-bit BLAKE2b of it)."""
     return int.from_bytes(
         hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
     )
@@ -27,9 +28,7 @@ def acquire_lock(conn: Connection, name: str, holder: str = "") -> None:
     """Block until this transaction holds the lock ``name`` (per database schema)."""
     if conn.dialect.name == "postgresql":
         schema = conn.execute(text("SELECT current_schema()")).scalar() or ""
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(:id)"), {"id": _lock_id(f"{schema}.{name}")}
-        )
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id(f"{schema}.{name}")})
     conn.execute(
         text(
             "INSERT INTO locks (name, holder, acquired_at, count) "
