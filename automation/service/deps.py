@@ -13,7 +13,11 @@ from automation.service.state import ServiceState
 bearer = HTTPBearer(auto_error=False)
 
 
-def get_state(request: Request) -> ServiceState:
+# Async although they do no I/O: FastAPI runs a plain ``def`` dependency in its thread pool, a
+# hand-off to another thread and back (with the GIL) for each, per request.
+
+
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.shoal
     return state
 
@@ -27,7 +31,7 @@ def _check(state: ServiceState, creds: HTTPAuthorizationCredentials | None) -> N
         )
 
 
-def write_access(
+async def write_access(
     state: ServiceState = Depends(get_state),
     creds: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> ServiceState:
@@ -35,13 +39,13 @@ def write_access(
     return state
 
 
-def read_access(state: ServiceState = Depends(get_state)) -> ServiceState:
+async def read_access(state: ServiceState = Depends(get_state)) -> ServiceState:
     """Reads are open unless ``SHOAL_API_READS=token``; then the app adds
     :func:`read_token` to the read routes (and the OpenAPI spec says so)."""
     return state
 
 
-def read_token(
+async def read_token(
     state: ServiceState = Depends(get_state),
     creds: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> None:

@@ -94,7 +94,10 @@ class Lease:
             self.conn = None
 
     def release(self) -> None:
-        """Give the lease up (process end does the same)."""
+        """Give the lease up (process end does the same, once the server notices)."""
+        if self.holding and self.conn is not None:  # at once, not when the session ends
+            with contextlib.suppress(SQLAlchemyError):
+                self.conn.execute(text("SELECT pg_advisory_unlock_all()"))
         self._drop_conn()
         if self.fd is not None:
             with contextlib.suppress(OSError):
