@@ -3,17 +3,20 @@
 1. A store with the bundled Online Retail data, segmented (SQLite by default, ``--pg URL``).
 2. ``shoal serve`` in a subprocess (its own process: the load client does not share its GIL).
 3. ``POST /v1/batch``: ``--events`` Segment ``track`` messages (existing and new customers,
-   views, carts and orders) in batches of ``--batch`` messages from ``--clients`` threads; events
+   views, carts and orders) in batches of ``--batch`` messages from ``--clients`` threads (4 by
+   default: requests commit one at a time under the ingest lock, and with 2 one request is
+   prepared while the other commits, so the server waited on the database half the time); events
    per second, and the accounting (sent = accepted + duplicates + rejected; the store's event
    count grew by the accepted ones). Baseline in the same run: the library's ingest of the same
    messages from a JSON-lines file (no HTTP).
-4. ``GET /v1/users/{id}`` open-loop at ``--rate`` requests per second for ``--seconds``: latency
-   percentiles. Baseline: ``api.user`` in process.
+4. ``GET /v1/users/{id}`` open-loop at ``--rate`` requests per second for ``--seconds``, from a
+   client in its own process (asyncio over keep-alive connections): latency percentiles.
+   Baseline: ``api.user`` in process.
 
 Run (from the repository root)::
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/service.py [--events 200000] [--batch 2000]
-        [--clients 2] [--rate 200] [--seconds 10] [--pg URL]
+        [--clients 4] [--rate 200] [--seconds 10] [--pg URL]
 """
 
 from __future__ import annotations
@@ -239,7 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--pg", default=None, help="a PostgreSQL URL (default: SQLite)")

@@ -19,6 +19,7 @@ from automation.service.folder import (
     FOLD_EVERY,
     FOLD_LATEST,
     FOLD_SHARE,
+    QUIET_SECONDS,
     REFIT_EVERY,
     fold_once,
     publish_once,
@@ -123,3 +124,22 @@ def test_under_a_stream_the_recommender_waits_until_it_has_been_behind_long_enou
     state.last_ingest = time.monotonic()
     assert "recommender" in fold_once(state, embedded=True)
     assert state.stale_since is None
+
+
+def test_a_fold_as_long_as_the_quiet_spell_does_not_make_a_stream_look_quiet(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The background process copies the API's last ingest time before a pass; a fold takes
+    seconds, so the refit decision after it reads the time anew (here: ingest still arriving)."""
+    _shop(engine, tmp_path, seed=7)
+    api.segment(engine, k="3")
+    state = ServiceState(engine, Settings(database_url=str(engine.url), api_token="t"))
+    assert "recommender" in fold_once(state, embedded=True)  # the first model
+    _pending(state, 0)  # the model is behind the store now
+    state.ingest_clock = time.monotonic  # requests keep arriving, during the fold too
+    state.last_ingest = time.monotonic() - 10 * QUIET_SECONDS  # the copy taken before the fold
+    state.last_fold = 0.0
+    assert "recommender" not in fold_once(state, embedded=True)
+    state.ingest_clock = None  # the stream has stopped: quiet, refit
+    state.last_ingest = time.monotonic() - 10 * QUIET_SECONDS
+    assert "recommender" in fold_once(state, embedded=True)

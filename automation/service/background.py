@@ -160,6 +160,7 @@ def run(settings: Settings, embedded: bool, channels: Channels, parent: int) -> 
     with contextlib.suppress(OSError):  # not permitted: run at the server's priority
         os.nice(NICE)
     state = ServiceState(open_store(settings.database_url), settings)
+    state.ingest_clock = lambda: float(channels.last_ingest.value)
     freeze_heap()  # modules out of the cyclic GC's walks (see freeze_heap)
     forced = channels.force.value
     frozen = False

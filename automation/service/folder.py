@@ -90,6 +90,8 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
     mark = store_mark(state)
     current = state.recommender
     now = time.monotonic()
+    if state.ingest_clock is not None:  # requests went on arriving while this pass folded
+        state.last_ingest = state.ingest_clock()
     # Refit when the store changed, but not while ingest requests keep arriving: then only once
     # the model has been behind the store for REFIT_EVERY seconds (a refit takes CPU the
     # requests need). Counted from when it fell behind, not from the last refit: after a quiet

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,9 @@ class ServiceState:
     celery: Any = None  # the Celery app, made on first use when a broker is configured
     snapshot: Any = None  # lookup.Snapshot of the newest version, loaded by the folder
     last_ingest: float = 0.0  # monotonic time of the newest ingest request
+    # In the background process: reads the API's ``last_ingest`` anew (a fold takes seconds;
+    # the value copied before it would make a stream look quiet and set off a refit in it).
+    ingest_clock: Callable[[], float] | None = None
     last_refit: float = 0.0  # monotonic time the recommender was last refitted
     stale_since: float | None = None  # monotonic time the recommender fell behind the store
     last_fold: float = 0.0  # monotonic time of the last fold
