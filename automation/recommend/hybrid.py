@@ -276,15 +276,20 @@ class HybridRecommender(Recommender):
         return (rows >= 0) & (orders <= int(self.params["cold_orders"]))
 
     @contextmanager
-    def _cold_params(self) -> Iterator[None]:
-        """Within the block, ``params`` are the cold customers' (``cold`` over the others)."""
+    def using(self, overrides: Mapping[str, Any] | None = None) -> Iterator[None]:
+        """Within the block, ``params`` updated by ``overrides``; afterwards they are what they
+        were before it, whatever the block set (tuning tries values in it)."""
         saved = dict(self.params)
-        self.params.update(saved["cold"] or {})
+        self.params.update(overrides or {})
         try:
             yield
         finally:
             self.params.clear()
             self.params.update(saved)
+
+    def _cold_params(self) -> AbstractContextManager[None]:
+        """Within the block, ``params`` are the cold customers' (``cold`` over the others)."""
+        return self.using(self.params["cold"])
 
     def _als_model(self) -> ALSRecommender:
         p = self.params

@@ -210,8 +210,6 @@ def _ascend_cold(
     idx = np.flatnonzero(data.cold)
     start = {key: chosen[key] for key in HYBRID_STEPS}
     fixed = {key: v for key, v in chosen.items() if key not in HYBRID_STEPS}
-    saved = dict(model.params)
-    model.params["cold"] = None
     steps = {**HYBRID_STEPS, "rerank": ("none", *RANKERS)}
     mode = f"{RERANK_START[protocol]}-cold"
     tried = 0
@@ -231,20 +229,17 @@ def _ascend_cold(
         return {key: found[key] for key in HYBRID_STEPS}
 
     def held_out_gain(fit: IntArray, check: IntArray) -> bool:
-        found = search(users(fit))
-        score = _ascend(model, users(check), protocol, k, fixed, 0, found, steps)[1]
-        return score > _ascend(model, users(check), protocol, k, fixed, 0, start, steps)[1] + 1e-9
+        found, sub = search(users(fit)), users(check)
+        score = _score_with(model, sub, protocol, k, found)
+        return score > _score_with(model, sub, protocol, k, start) + 1e-9
 
-    try:
+    with model.using({"cold": None}):
         found = search(users(idx))
         changed = {key: found[key] for key in HYBRID_STEPS if found[key] != start[key]}
         if changed and len(idx) >= 2:
             halves = np.array_split(np.random.default_rng(0).permutation(idx), 2)
             if not all(held_out_gain(a, b) for a, b in (halves, halves[::-1])):
                 changed = {}
-    finally:
-        model.params.clear()
-        model.params.update(saved)
     return changed or None, tried
 
 
@@ -252,14 +247,8 @@ def _score_with(
     model: HybridRecommender, data: ProtocolData, protocol: str, k: int, params: dict[str, Any]
 ) -> float:
     """The validation objective of ``model`` with ``params`` set for the call."""
-    saved = dict(model.params)
-    model.params.update(params)
-    try:
-        with model.memoize():
-            return objective(model, data, protocol, k)
-    finally:
-        model.params.clear()
-        model.params.update(saved)
+    with model.using(params), model.memoize():
+        return objective(model, data, protocol, k)
 
 
 def _ascend(
@@ -273,11 +262,9 @@ def _ascend(
     steps: dict[str, tuple[float | str, ...]] = HYBRID_STEPS,
 ) -> tuple[dict[str, Any], float, int]:
     """Coordinate ascent over the hybrid's blend weights, shrink and gamma (``steps``)."""
-    saved = dict(model.params)
-    current = dict(start) if start is not None else {key: saved[key] for key in HYBRID_STEPS}
+    current = dict(start) if start is not None else {key: model.params[key] for key in HYBRID_STEPS}
     tried = 1
-    with model.memoize():
-        model.params.update(current)
+    with model.using(current), model.memoize():
         best = objective(model, data, protocol, k)
         for _ in range(passes):
             improved = False
@@ -293,7 +280,5 @@ def _ascend(
                 model.params.update(current)
             if not improved:
                 break
-    model.params.clear()
-    model.params.update(saved)
     chosen = {**fixed, **{k: v if isinstance(v, str) else float(v) for k, v in current.items()}}
     return chosen, float(np.round(best, 12)), tried

@@ -226,8 +226,9 @@ class DynamicSegmenter:
         """New segment id per row: the nearest, unless the current one is nearly as close.
 
         ``active`` marks the rows with new events (``margin_active`` applies to them, ``margin``
-        to the others; without it, ``margin`` to every row). Rows whose ``current`` is empty (users new since the last step) are remembered in
-        ``newcomers_`` for the structure changes (a new kind of customer is born from them).
+        to the others; without it, ``margin`` to every row). Rows whose ``current`` is empty
+        (users new since the last step) are remembered in ``newcomers_`` for the structure
+        changes (a new kind of customer is born from them).
         """
         ids, centers = self.centers()
         X = np.asarray(X, dtype=np.float64)

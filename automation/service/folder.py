@@ -113,7 +113,6 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
         rec, mark = current_model(state.engine, MODEL)  # stored for the API process
         with state.lock:
             state.recommender = (rec, None, mark)
-        state.last_refit = time.monotonic()
         state.stale_since = None
         did["recommender"] = mark
     return did

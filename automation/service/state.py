@@ -63,7 +63,6 @@ class ServiceState:
     # In the background process: reads the API's ``last_ingest`` anew (a fold takes seconds;
     # the value copied before it would make a stream look quiet and set off a refit in it).
     ingest_clock: Callable[[], float] | None = None
-    last_refit: float = 0.0  # monotonic time the recommender was last refitted
     stale_since: float | None = None  # monotonic time the recommender fell behind the store
     last_fold: float = 0.0  # monotonic time of the last fold
     fold_seconds: float = 0.0  # how long the last fold took
