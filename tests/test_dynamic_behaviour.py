@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from automation.segments.behaviour import increments, value_changes
+from automation.segments.behaviour import (
+    PROFILE,
+    BehaviourPolicy,
+    increments,
+    merged_pairs,
+    value_changes,
+)
 from automation.segments.dynamic import DynamicSegmenter
 from automation.segments.structure import apply_structure
 
@@ -70,3 +76,50 @@ def test_increments_are_what_a_user_did_since_the_stored_row() -> None:
     assert np.isnan(counts[1, 6]) and counts[1, :6].tolist() == [2.0, 1.0, 1.0, 5.0, 0.0, 1.0]
     change = value_changes(counts)
     assert change[0] > 1.0 and np.isnan(change[1])
+
+
+def _profiles(rng: np.random.Generator, base: list[float], days: int) -> list[list[float]]:
+    """Pooled profiles (:data:`PROFILE`) around ``base`` with day-to-day noise 0.05."""
+    return [(np.asarray(base) + rng.normal(0, 0.05, len(PROFILE))).tolist() for _ in range(days)]
+
+
+def test_a_merge_is_still_seen_after_a_first_update_with_one_feature_apart() -> None:
+    # Two segments 10-20 deviations apart for a week; on the shift day their profiles meet but
+    # one feature (views per active member) is still ~8 deviations apart; then they are alike.
+    # A reference rolling up to yesterday held that update by the third day and missed the merge.
+    rng = np.random.default_rng(0)
+    a = _profiles(rng, [0.0] * len(PROFILE), 10)
+    b = _profiles(rng, [1.0, 1.0, 1.0, 0.0, 1.0], 7)
+    b += [(np.asarray(a[7]) + [0, 0, 0, 0, 0.6]).tolist()]
+    b += [(np.asarray(row) + rng.normal(0, 0.02, len(PROFILE))).tolist() for row in a[8:]]
+    policy = BehaviourPolicy()
+    seen = [merged_pairs({"seg-1": a[:n], "seg-2": b[:n]}, policy) for n in (8, 9, 10)]
+    assert not seen[0] and not seen[1]  # the shift day alone; that day and the next
+    ((x, y, evidence),) = seen[2]
+    assert (x, y) == ("seg-1", "seg-2")
+    assert (
+        evidence["behaviour_distance"]["before"]
+        > 10
+        > 2
+        > evidence["behaviour_distance"]["after"][-1]
+    )
+
+
+def test_a_segment_merges_once_with_the_segment_it_converged_most_with() -> None:
+    # seg-1 (browsing) starts to buy and refund like seg-2 (300 members) and seg-9 (60: a noisier
+    # profile, so a weaker convergence). Both pairs pass the test; only (1, 2) is merged.
+    labels = np.array(["seg-1"] * N + ["seg-2"] * N + ["seg-9"] * 60, dtype=object)
+    X = np.random.default_rng(1).normal(size=(len(labels), 2))
+    X += (labels == "seg-2")[:, None] * 8 + (labels == "seg-9")[:, None] * [8, -8]
+    seg = DynamicSegmenter().init_from_partition(X, labels)
+    rng, steps = np.random.default_rng(0), []
+    before = np.where(labels == "seg-1", 0, 1)
+    for kind in [before] * 9 + [np.ones(len(labels), int)] * 2:
+        labels, transitions, _ = apply_structure(
+            seg, X, labels, np.ones(len(X), bool), ["a", "b"], lambda: "seg-10", None,
+            _day(rng, kind),
+        )  # fmt: skip
+        steps.append(transitions)
+    assert all(not t for t in steps[:-1])
+    merged = [t for t in steps[-1] if t["type"] == "merged"]
+    assert len(merged) == 1 and set(merged[0]["segments"]) == {"seg-1", "seg-2"}
