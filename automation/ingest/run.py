@@ -180,6 +180,17 @@ def commit_blocks(
     a generator that prepares the next block while this one is in the database. ``keys``: the
     user and item keys known from earlier transactions (:class:`KeyCache`), updated here.
     """
+    return commit_group(engine, ((block, origin) for block in blocks), progress, keys)
+
+
+def commit_group(
+    engine: Engine,
+    blocks: Iterable[tuple[PreparedBlock, BatchSource]],
+    progress: Progress | None = None,
+    keys: KeyCache | None = None,
+) -> list[IngestReport]:
+    """:func:`commit_blocks` for blocks of different sources (each its own ``ingest_batches``
+    row): the service commits the requests that arrived together in one transaction."""
     reports: list[IngestReport] = []
     keys = keys or KeyCache()
     with keys.lock:
@@ -188,7 +199,7 @@ def commit_blocks(
                 acquire_lock(conn, "ingest")
                 keys.check(conn)
                 window = open_window(conn)
-                for block in blocks:
+                for block, origin in blocks:
                     reports.append(_commit_one(conn, block, origin, window, keys))
                     if progress is not None:
                         progress(reports[-1].read)

@@ -22,7 +22,7 @@ from pandas.arrays import ArrowStringArray
 
 from automation.ingest.mapping import plan_columns
 from automation.ingest.readers import RawBatch, Reject
-from automation.ingest.run import BatchSource, commit_block, prepare_block
+from automation.ingest.run import BatchSource, prepare_block
 from automation.ingest.schema import CANONICAL_FIELDS, NUMERIC_FIELDS
 from automation.ingest.segment_spec import flatten_batch
 from automation.service.deps import write_access
@@ -75,7 +75,7 @@ def ingest_messages(state: ServiceState, messages: list[dict[str, Any]]) -> Inge
     origin = BatchSource(source, None, {}, "jsonl")
     binary = state.engine.dialect.name == "postgresql"
     block = prepare_block(raw, plan, origin, state.settings, binary)
-    report = commit_block(state.engine, block, origin, state.keys)
+    report = state.commits.submit(block, origin)
     q = block.quarantine
     errors = sorted(
         (

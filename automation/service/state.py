@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from automation.config import Settings
 from automation.ingest.keys import KeyCache
+from automation.service.commits import GroupCommit
 
 
 class Metrics:
@@ -71,12 +72,14 @@ class ServiceState:
     keys: KeyCache = field(default_factory=KeyCache)  # user/item keys known to this process
     channels: Any = None  # background.Channels: shared with the background process, if any
     reads: Engine = field(init=False)  # the engine in autocommit, for one-statement reads
+    commits: GroupCommit = field(init=False)  # ingest requests' transactions, grouped
 
     def __post_init__(self) -> None:
         self.token = self.settings.api_token or secrets.token_urlsafe(24)
         # Single-statement reads in autocommit: psycopg otherwise sends BEGIN before the query
         # and the pool a ROLLBACK on return, three round trips for a lookup instead of one.
         self.reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.commits = GroupCommit(self.engine, self.keys)
 
     def ingested(self) -> None:
         """Events were stored: wake the background process (with a broker, also enqueue the
