@@ -74,6 +74,9 @@ class SegmentStats:
     behaviour: list[list[float]] = field(default_factory=list)
     high_share: list[float] = field(default_factory=list)
     follow: dict[str, Any] = field(default_factory=dict)
+    # for a segment split off on behaviour: its parent, and for how many more updates the
+    # parent's behaviour profile still pools its active members ({"parent", "pool"})
+    origin: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +96,7 @@ class SegmentStats:
             "behaviour": [[_json_num(v) for v in b] for b in self.behaviour[-15:]],
             "high_share": [_json_num(v) for v in self.high_share[-15:]],
             "follow": dict(self.follow),
+            "origin": dict(self.origin),
         }
 
     @classmethod
@@ -113,6 +117,7 @@ class SegmentStats:
             behaviour=[[_num(v) for v in b] for b in d.get("behaviour", [])],
             high_share=[_num(v) for v in d.get("high_share", [])],
             follow=dict(d.get("follow") or {}),
+            origin=dict(d.get("origin") or {}),
         )
 
 

@@ -256,13 +256,21 @@ def _in_behaviour(st: _Step, counts: np.ndarray) -> None:
     for s in st.seg.active:  # segments split off on spend keep collecting such buyers
         if s.follow and (pick := (lab == s.follow["parent"]) & high).any():
             st.labels[rows[pick]] = lab[pick] = s.segment_id
+    young = {c.segment_id: c.origin["parent"] for c in st.seg.active if c.origin.get("pool")}
+    for c in st.seg.active:
+        if c.origin.get("pool"):
+            c.origin["pool"] -= 1
     for s in st.seg.active:
         mask = lab == s.segment_id
         v = values[mask & ~np.isnan(values)]
         share = high_value_share(v, bp)
         s.high_share = [*s.high_share[-bp.window - 2 :], math.nan if share is None else share]
-        enough = int(mask.sum()) >= bp.min_active
-        prof = profile_of(counts[mask]) if enough else [math.nan] * len(PROFILE)
+        # the profile of the members it had before its recent behaviour splits: its series then
+        # compares like with like (seed 1 of the simulator's merge split the browsers who began
+        # to buy off on the shift day; what was left stopped buying, far from the refunders)
+        pool = mask | np.isin(lab, [c for c, parent in young.items() if parent == s.segment_id])
+        enough = int(pool.sum()) >= bp.min_active
+        prof = profile_of(counts[pool]) if enough else [math.nan] * len(PROFILE)
         s.behaviour = [*s.behaviour[-bp.window - 2 :], prof]
         evidence = value_split(s.high_share, len(v), bp) if share is not None else None
         members = rows[mask & high]
@@ -271,6 +279,7 @@ def _in_behaviour(st: _Step, counts: np.ndarray) -> None:
         child = st.child(members)
         lab[mask & high] = child
         st.seg.segments_[-1].follow = {"parent": s.segment_id, "cut": bp.split_value_gap}
+        st.seg.segments_[-1].origin = {"parent": s.segment_id, "pool": bp.window}
         evidence.update(value_rise=bp.split_value_gap, size=int(len(members)))
         st.add("split", [s.segment_id, child], evidence)
         s.high_share = []
@@ -364,6 +373,8 @@ def _behaviour(st: _Step) -> None:
             continue
         kind, members, evidence = group
         child = st.child(members)
+        if kind == "split":
+            st.seg.segments_[-1].origin = {"parent": s.segment_id, "pool": st.p.behaviour.window}
         st.add(kind, [child] if kind == "born" else [s.segment_id, child], evidence)
         _restart(s, int((st.labels == s.segment_id).sum()))
 
