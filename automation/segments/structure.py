@@ -256,10 +256,10 @@ def _in_behaviour(st: _Step, counts: np.ndarray) -> None:
     for s in st.seg.active:  # segments split off on spend keep collecting such buyers
         if s.follow and (pick := (lab == s.follow["parent"]) & high).any():
             st.labels[rows[pick]] = lab[pick] = s.segment_id
-    young = {c.segment_id: c.origin["parent"] for c in st.seg.active if c.origin.get("pool")}
-    for c in st.seg.active:
-        if c.origin.get("pool"):
-            c.origin["pool"] -= 1
+    young = {k.segment_id: k.origin["parent"] for k in st.seg.active if k.origin.get("pool")}
+    for kid in st.seg.active:
+        if kid.origin.get("pool"):
+            kid.origin["pool"] -= 1
     for s in st.seg.active:
         mask = lab == s.segment_id
         v = values[mask & ~np.isnan(values)]
@@ -268,7 +268,7 @@ def _in_behaviour(st: _Step, counts: np.ndarray) -> None:
         # the profile of the members it had before its recent behaviour splits: its series then
         # compares like with like (seed 1 of the simulator's merge split the browsers who began
         # to buy off on the shift day; what was left stopped buying, far from the refunders)
-        pool = mask | np.isin(lab, [c for c, parent in young.items() if parent == s.segment_id])
+        pool = mask | np.isin(lab, [k for k, parent in young.items() if parent == s.segment_id])
         enough = int(pool.sum()) >= bp.min_active
         prof = profile_of(counts[pool]) if enough else [math.nan] * len(PROFILE)
         s.behaviour = [*s.behaviour[-bp.window - 2 :], prof]
