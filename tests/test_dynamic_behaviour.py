@@ -13,7 +13,7 @@ from automation.segments.behaviour import (
     merged_pairs,
     value_changes,
 )
-from automation.segments.dynamic import DynamicSegmenter
+from automation.segments.dynamic import DynamicSegmenter, SegmentStats
 from automation.segments.structure import apply_structure
 
 N = 300  # members per segment
@@ -123,3 +123,33 @@ def test_a_segment_merges_once_with_the_segment_it_converged_most_with() -> None
     assert all(not t for t in steps[:-1])
     merged = [t for t in steps[-1] if t["type"] == "merged"]
     assert len(merged) == 1 and set(merged[0]["segments"]) == {"seg-1", "seg-2"}
+
+
+def test_a_split_off_child_is_pooled_with_its_parent_for_the_merge_test() -> None:
+    # seg-2 (browsing) starts to buy and refund like seg-1. On the shift day its buyers are split
+    # off into seg-3, which from then on collects whoever of seg-2 orders (as the assignment did
+    # in the simulator): what is left of seg-2 never orders, far from seg-1 on its own.
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.array(["seg-1", "seg-2"], dtype=object), N)
+    X = np.random.default_rng(1).normal(size=(len(labels), 2)) + (labels == "seg-2")[:, None] * 8
+    seg = DynamicSegmenter().init_from_partition(X, labels)
+    base = labels.copy()
+    steps = []
+    for day in range(11):
+        counts = _day(rng, np.where(base == "seg-1", 1, 0) if day < 9 else np.ones(2 * N, int))
+        if day == 9:
+            seg.segments_.append(
+                SegmentStats("seg-3", X[N:].mean(axis=0), 150.0, 1.0, 2.0, X[N:].mean(axis=0),
+                             150.0, [], 0.0, follow={"parent": "seg-2", "cut": 9.0},
+                             origin={"parent": "seg-2", "pool": 10})
+            )  # fmt: skip
+        if day >= 9:
+            labels = base.copy()
+            labels[(base == "seg-2") & (counts[:, 2] > 0)] = "seg-3"
+        labels, transitions, _ = apply_structure(
+            seg, X, labels, np.ones(len(X), bool), ["a", "b"], lambda: "seg-9", None, counts
+        )
+        steps.append(transitions)
+    assert not any(t["type"] == "merged" for s in steps[:-1] for t in s)
+    merged = [t for t in steps[-1] if t["type"] == "merged"]
+    assert merged and set(merged[0]["segments"]) == {"seg-1", "seg-2"}
