@@ -13,7 +13,7 @@ members) whose majority persona changed. Shoal only: delay of the matching trans
 post-shift id holds most of them (and they most of it), their share in new ids at +3 d and at the
 end. Figures, never asserts. Run (from the repository root)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/dynamic.py [--users N] [--days D] [--seed S] [--json]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/dynamic.py [--users N] [--days D] [--seed S] [--shoal-only] [--json]
     OMP_NUM_THREADS=1 .venv/bin/python bench/dynamic.py --scale [--pg URL]
 """
 
@@ -205,7 +205,7 @@ def run_scenario(name: str, args: Any, url: str, tmp: Path) -> dict[str, Any]:
         table = build_features(conn, random_state=args.seed)
     scaler, affinity = FeatureScaler().fit(table.frame), table.affinity_model
     X, users = _features(engine, scaler, affinity)
-    models = baselines(res.k, args.seed)
+    models = {} if args.shoal_only else baselines(res.k, args.seed)
     w = args.warmup - 1
     labels: dict[str, dict[int, pd.Series]] = {m: {} for m in METHODS}
     seconds: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -237,7 +237,7 @@ def run_scenario(name: str, args: Any, url: str, tmp: Path) -> dict[str, Any]:
         pred = cross_val_predict(HistGradientBoostingClassifier(random_state=0), X, y, cv=3)
         out["supervised_ari"] = adjusted_rand_score(y, pred)
         out["supervised_accuracy"] = float((pred == y).mean())
-    for m in METHODS:
+    for m in [m for m in METHODS if m == "shoal" or m in models]:
         daily = [day_metrics(labels[m], pers, changed, d) for d in range(args.warmup, args.days)]
         after = [r["ari"] for r in daily if r["day"] >= args.shift + 3]
         sp = [r["spurious"] for r in daily]
@@ -341,12 +341,13 @@ def print_summary(results: list[dict[str, Any]], args: Any) -> None:
     for r in results:
         s, det = r["methods"]["shoal"], r["detection"]
         ms = {m: v for m, v in r["methods"].items() if m != "shoal"}
-        best = max(ms, key=lambda m: ms[m]["ari_after"])
+        best = max(ms, key=lambda m: ms[m]["ari_after"]) if ms else None
         rows.append([r["scenario"], det["transition"] or "-", det["delay"],
                      sum(det["alarms"].values()), s["ari_after"],
-                     f"{ms[best]['ari_after']:.3f} ({best})", _pct(s["spurious_mean"]),
-                     _pct(s["spurious_max"]), _pct(min(v["spurious_mean"] for v in ms.values())),
-                     _pct(s["id_change"]), _pct(min(v["id_change"] for v in ms.values())),
+                     f"{ms[best]['ari_after']:.3f} ({best})" if best else "-",
+                     _pct(s["spurious_mean"]), _pct(s["spurious_max"]),
+                     _pct(min((v["spurious_mean"] for v in ms.values()), default=None)),
+                     _pct(s["id_change"]), _pct(min((v["id_change"] for v in ms.values()), default=None)),
                      s["seconds"], r["refit_s"]])  # fmt: skip
     common.print_table(head, rows)
 
@@ -370,6 +371,8 @@ def main() -> None:
     p.add_argument("--k", default="5", help="K of the warm-up refit (auto or a number)")
     p.add_argument("--scenario", action="append", choices=SCENARIOS)
     p.add_argument("--scale", action="store_true", help="the 1M-user update against a refit")
+    p.add_argument("--shoal-only", action="store_true",
+                   help="no baselines (they do not depend on Shoal's code: reuse a full run's)")  # fmt: skip
     args = p.parse_args()
     common.pin_threads()
     common.exit_cleanly_on_sigterm()
