@@ -153,3 +153,27 @@ def test_a_split_off_child_is_pooled_with_its_parent_for_the_merge_test() -> Non
     assert not any(t["type"] == "merged" for s in steps[:-1] for t in s)
     merged = [t for t in steps[-1] if t["type"] == "merged"]
     assert merged and set(merged[0]["segments"]) == {"seg-1", "seg-2"}
+
+
+def test_an_absorbed_segments_members_clearly_nearer_a_third_go_there() -> None:
+    # seg-1 starts to buy and refund like seg-2: the two merge;
+    # 10 of seg-2's members sit next to seg-3 (too few to split off): they join seg-3.
+    labels = np.array(["seg-1"] * N + ["seg-2"] * N + ["seg-3"] * N, dtype=object)
+    X = np.random.default_rng(1).normal(size=(len(labels), 2))
+    X += (labels == "seg-2")[:, None] * [8, 0] + (labels == "seg-3")[:, None] * [0, 30]
+    X[N : N + 10] = np.random.default_rng(2).normal(size=(10, 2)) + [0, 29]
+    seg = DynamicSegmenter().init_from_partition(X, labels)
+    rng, steps = np.random.default_rng(0), []
+    before = np.where(labels == "seg-1", 0, np.where(labels == "seg-2", 1, 2))
+    for kind in [before] * 9 + [np.where(labels == "seg-3", 2, 1)] * 2:
+        out, transitions, _ = apply_structure(
+            seg, X, labels, np.ones(len(X), bool), ["a", "b"], lambda: "seg-10", None,
+            _day(rng, kind),
+        )  # fmt: skip
+        steps.append(transitions)
+    assert all(not t for t in steps[:-1])
+    (merged,) = [t for t in steps[-1] if t["type"] == "merged"]
+    assert set(merged["segments"]) == {"seg-1", "seg-2"}
+    assert merged["evidence"]["members_elsewhere"] == 10
+    assert merged["evidence"]["members_moved"] == N - 10
+    assert (out[N : N + 10] == "seg-3").all() and not (out[N + 10 : 2 * N] == "seg-3").any()
