@@ -12,6 +12,7 @@ import pytest
 
 from automation.errors import ValidationError
 from automation.recommend import Interactions, Recommender
+from automation.recommend import rerank as rerank_module
 from automation.recommend.context import NO_SEGMENT
 from automation.recommend.hybrid import COMPONENTS, TREND_HALF_LIVES, HybridRecommender
 from automation.recommend.priors import early_orders, order_rank, repeat_rates, rows_for
@@ -109,6 +110,27 @@ def test_ranker_learns_the_trend_from_the_held_out_days(tmp_path: Path) -> None:
     off = model.recommend(users, n=5)
     model.params["rerank"] = "new"
     assert off != model.recommend(users, n=5)  # the ranker changes the lists
+
+
+def test_ranker_pools_the_examples_of_earlier_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ranker_windows=2``: the window of ``ranker_days`` before the last one adds its customers'
+    candidates to the same regression (each window from a copy fitted on the events before it)."""
+    sizes: dict[int, dict[str, int]] = {}
+    learn = rerank_module._learn
+
+    def counting(name: str, X: np.ndarray, y: np.ndarray, c: float) -> dict[str, np.ndarray]:
+        sizes.setdefault(windows, {})[name] = len(y)
+        return learn(name, X, y, c)
+
+    monkeypatch.setattr(rerank_module, "_learn", counting)
+    params = {"w_als": 0.0, "w_trend": 0.1, "w_cf": 1.0, "ranker_days": 20.0}
+    for windows in (1, 2):
+        model = HybridRecommender(ranker_windows=windows, **params).fit(trending_shop())
+        assert {"new_coef", "all_coef"} <= model.ranker_.keys()
+    for mode in ("new", "all"):
+        assert sizes[2][mode] > sizes[1][mode] > 0
+    with pytest.raises(ValidationError, match="ranker_windows"):
+        HybridRecommender(ranker_windows=0)
 
 
 def test_rerank_and_history_parameters_are_checked() -> None:

@@ -114,6 +114,7 @@ class HybridRecommender(Recommender):
         "ranker_days": 0.0,
         "ranker_candidates": 100,
         "ranker_c": 1.0,
+        "ranker_windows": 1,
         "gamma": 0.0,
         "cf_k": 200,
         "basket_k": 100,
@@ -159,6 +160,8 @@ class HybridRecommender(Recommender):
             raise ValidationError(f"rerank={p['rerank']!r} should be one of 'none', 'new', 'all'")
         if float(p["ranker_days"]) < 0:
             raise ValidationError(f"ranker_days={p['ranker_days']} should be >= 0 (0: no ranker)")
+        if int(p["ranker_windows"]) < 1:
+            raise ValidationError(f"ranker_windows={p['ranker_windows']} should be >= 1")
         if int(p["ranker_candidates"]) < 1:
             raise ValidationError(f"ranker_candidates={p['ranker_candidates']} should be >= 1")
         if float(p["ranker_c"]) <= 0:

@@ -10,7 +10,10 @@ It is trained inside :meth:`HybridRecommender.fit` without looking past the trai
 last ``ranker_days`` of the training events are held out as labels, a copy of the hybrid is
 fitted on the events before them, its top ``ranker_candidates`` items per customer (customers
 with history before the held-out days who bought in them) are the examples, and an item is
-positive when the customer bought it in the held-out days. Two coefficient sets are learned:
+positive when the customer bought it in the held-out days. With ``ranker_windows`` > 1 the
+windows of ``ranker_days`` before those days add their examples the same way (each from a copy
+fitted on the events before it), for more customers, above all cold ones, per coefficient set
+(the tuning uses two windows). Two coefficient sets are learned:
 ``new`` (candidates and labels leave out what the customer had bought before, as
 ``filter_seen`` does) and ``all`` (repeat purchases count), each also learned from the cold
 customers' examples alone (``new-cold``, ``all-cold``: at most ``cold_orders`` orders before the
@@ -127,8 +130,35 @@ def features(
 def train(
     model: HybridRecommender, inter: Interactions, components: tuple[str, ...]
 ) -> dict[str, FloatArray]:
-    """Fit a copy of ``model`` on the events before the last ``ranker_days`` and learn, per mode,
-    the logistic regression that tells which candidates the customers bought in those days."""
+    """Learn, per mode, the logistic regression that tells which candidates the customers bought
+    in the last ``ranker_days``, from a copy of ``model`` fitted on the events before them; with
+    ``ranker_windows`` > 1, also from the windows of ``ranker_days`` before that one (each with
+    its own copy fitted on the events before it), their examples pooled: more customers, above
+    all more cold ones, for the same coefficients."""
+    p = model.params
+    days = float(p["ranker_days"])
+    pooled: dict[str, list[tuple[FloatArray, np.ndarray, np.ndarray]]] = {m: [] for m in MODES}
+    for w in range(int(p["ranker_windows"])):
+        shifted = before(inter, w * days) if w else inter
+        for mode, example in _examples(model, shifted, components).items():
+            pooled[mode].append(example)
+    out: dict[str, FloatArray] = {}
+    for mode, parts in pooled.items():
+        if not parts:
+            continue
+        X = np.vstack([x for x, _, _ in parts])
+        y = np.concatenate([y for _, y, _ in parts])
+        cold = np.concatenate([c for _, _, c in parts])
+        for name, keep in ((mode, slice(None)), (f"{mode}-cold", cold)):
+            out.update(_learn(name, X[keep], y[keep], float(p["ranker_c"])))
+    return out
+
+
+def _examples(
+    model: HybridRecommender, inter: Interactions, components: tuple[str, ...]
+) -> dict[str, tuple[FloatArray, np.ndarray, np.ndarray]]:
+    """Per mode, the features, labels and coldness of the candidates of the customers who bought
+    in the last ``ranker_days`` of ``inter`` (none when fewer than 10 did)."""
     p = model.params
     days = float(p["ranker_days"])
     n_cand = int(p["ranker_candidates"])
@@ -146,7 +176,7 @@ def train(
     )
     bought.sum_duplicates()
     rows = np.flatnonzero(np.diff(bought.indptr) > 0).astype(np.int64)
-    out: dict[str, FloatArray] = {}
+    out: dict[str, tuple[FloatArray, np.ndarray, np.ndarray]] = {}
     if len(rows) < 10:
         return out
     segments = ctx.segments_for(rows)
@@ -163,8 +193,7 @@ def train(
         if mode == "new":
             y &= ~seen[np.arange(len(rows))[:, None], cand].reshape(-1)
         X = features(early, rows, segments, comps, cand, components)
-        for name, keep in ((mode, slice(None)), (f"{mode}-cold", np.repeat(cold, cand.shape[1]))):
-            out.update(_learn(name, X[keep], y[keep], float(p["ranker_c"])))
+        out[mode] = (X, y, np.repeat(cold, cand.shape[1]))
     return out
 
 
