@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 from sqlalchemy import Engine
 
 from automation import api
@@ -28,6 +29,7 @@ from automation.service.routes_ingest import ingest_messages
 from automation.service.state import ServiceState
 from automation.simulate import simulate
 from automation.store.erase import erase_user
+from automation.store.segmentations import current_version
 
 
 def _pending(state: ServiceState, i: int) -> None:
@@ -142,3 +144,43 @@ def test_a_fold_as_long_as_the_quiet_spell_does_not_make_a_stream_look_quiet(
     state.ingest_clock = None  # the stream has stopped: quiet, refit
     state.last_ingest = time.monotonic() - 10 * QUIET_SECONDS
     assert "recommender" in fold_once(state, embedded=True)
+
+
+def test_a_refit_the_update_calls_for_waits_for_a_pause_in_the_stream(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drift found under a stream: the incremental updates go on, the segmentation refit (K
+    selected anew, the heaviest background work) runs once ingest pauses, or once it has been
+    due for REFIT_EVERY seconds. The folds are real; only the update's verdict is forced."""
+    _shop(engine, tmp_path, seed=8)
+    api.segment(engine, k="3")
+    real = api.update
+
+    def drifting(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        assert kwargs.get("refit_on_drift") is False  # the service decides when to refit
+        out = real(*args, **kwargs)
+        return {**out, "refit_recommended": bool(out.get("version"))}
+
+    monkeypatch.setattr(api, "update", drifting)
+    state = ServiceState(engine, Settings(database_url=str(engine.url), api_token="t"))
+    state.ingest_clock = time.monotonic  # requests keep arriving
+    for i in range(2):
+        _pending(state, i)
+        state.last_fold = 0.0
+        did = fold_once(state, embedded=True)
+        assert "update" in did and "refit" not in did  # folded, not refitted
+    assert state.refit_due is not None
+    state.refit_due -= REFIT_EVERY + 1  # due for longer than REFIT_EVERY: refit in the stream
+    _pending(state, 2)
+    state.last_fold = 0.0
+    refitted = fold_once(state, embedded=True)["refit"]
+    with engine.connect() as conn:
+        current = current_version(conn)
+    assert (current.id, current.kind) == (refitted, "refit")
+    assert state.refit_due is None
+    _pending(state, 3)  # due again; the stream stops: refit once it has been quiet
+    state.last_fold = 0.0
+    assert "refit" not in fold_once(state, embedded=True)
+    state.ingest_clock = None
+    state.last_ingest = time.monotonic() - 10 * QUIET_SECONDS
+    assert "refit" in fold_once(state, embedded=True)

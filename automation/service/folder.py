@@ -9,8 +9,9 @@ when an ingest request wakes it:
   segmentation (``run_update``; the first fit when there is none yet, a refit with K selected
   anew when drift calls for one), then the campaigns run (under continuous ingest every
   ``FOLD_EVERY`` seconds, less often when folds are slow, so that folding takes at most
-  ``FOLD_SHARE`` of the time, and at least every ``FOLD_LATEST``); with a broker, the API
-  enqueues ``shoal.update`` instead and the workers do it;
+  ``FOLD_SHARE`` of the time, and at least every ``FOLD_LATEST``); a refit the update calls
+  for (drift) runs once ingest pauses, or at the latest ``REFIT_EVERY`` seconds after it was
+  called for; with a broker, the API enqueues ``shoal.update`` instead and the workers do it;
 - when the store changed (a new ingest batch or segmentation version), the recommender is
   refitted from the store and stored (once ingest has been quiet for a moment, or at least
   every minute under continuous load).
@@ -69,13 +70,23 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
     if embedded and not busy:
         state.last_fold = now
         try:
-            out = api.update(state.engine, settings=state.settings)
+            # A refit the update calls for (drift) waits for a pause in the stream, as the
+            # recommender's does: the incremental update keeps the segments current meanwhile.
+            out = api.update(state.engine, settings=state.settings, refit_on_drift=False)
         except EmptyStoreError:
             out = {}
+        if out.get("refit_recommended") and state.refit_due is None:
+            state.refit_due = now
+        if state.refit_due is not None and _may_refit(state, state.refit_due):
+            log.info("segmentation refit (drift, %.0f s after it was found)", now - state.refit_due)
+            out["refit"] = api.segment(state.engine).to_dict()
+            state.refit_due = None
         state.fold_seconds = time.monotonic() - now
         if out.get("version") or out.get("refit"):
             did["update"] = out.get("version") or out["refit"]["version"]
             state.last_campaigns = 0.0  # segment changes: decide at once
+        if out.get("refit"):
+            did["refit"] = out["refit"]["version"]
     if embedded and now - state.last_campaigns > CAMPAIGNS_EVERY:
         # Without workers, this loop is the worker: campaigns (segment-change, schedule and
         # feature triggers) and then the deliveries they queued.
@@ -90,8 +101,6 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
     mark = store_mark(state)
     current = state.recommender
     now = time.monotonic()
-    if state.ingest_clock is not None:  # requests went on arriving while this pass folded
-        state.last_ingest = state.ingest_clock()
     # Refit when the store changed, but not while ingest requests keep arriving: then only once
     # the model has been behind the store for REFIT_EVERY seconds (a refit takes CPU the
     # requests need). Counted from when it fell behind, not from the last refit: after a quiet
@@ -101,9 +110,7 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
         state.stale_since = None
     elif state.stale_since is None:
         state.stale_since = now
-    quiet = now - state.last_ingest > QUIET_SECONDS or (
-        state.stale_since is not None and now - state.stale_since > REFIT_EVERY
-    )
+    quiet = state.stale_since is not None and _may_refit(state, state.stale_since)
     forced = state.force_refit.is_set()
     if mark[1] and (current is None or forced or (stale and quiet)):
         log.info("recommender refit: %s", _reason(current, forced, now - state.last_ingest))
@@ -116,6 +123,16 @@ def fold_once(state: ServiceState, embedded: bool) -> dict[str, Any]:
         state.stale_since = None
         did["recommender"] = mark
     return did
+
+
+def _may_refit(state: ServiceState, due: float) -> bool:
+    """Whether a refit due since ``due`` may run now: once ingest has been quiet for
+    ``QUIET_SECONDS``, or once it has been due for ``REFIT_EVERY`` under continuous ingest (a
+    refit takes the CPU the requests need)."""
+    if state.ingest_clock is not None:  # requests went on arriving while this pass folded
+        state.last_ingest = state.ingest_clock()
+    now = time.monotonic()
+    return now - state.last_ingest > QUIET_SECONDS or now - due > REFIT_EVERY
 
 
 def _reason(current: Any, forced: bool, since_ingest: float) -> str:

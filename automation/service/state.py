@@ -65,6 +65,7 @@ class ServiceState:
     # the value copied before it would make a stream look quiet and set off a refit in it).
     ingest_clock: Callable[[], float] | None = None
     stale_since: float | None = None  # monotonic time the recommender fell behind the store
+    refit_due: float | None = None  # monotonic time an update called for a segmentation refit
     last_fold: float = 0.0  # monotonic time of the last fold
     fold_seconds: float = 0.0  # how long the last fold took
     last_campaigns: float = 0.0  # monotonic time campaigns last ran in this process
