@@ -13,7 +13,7 @@ with history before the held-out days who bought in them) are the examples, and 
 positive when the customer bought it in the held-out days. With ``ranker_windows`` > 1 the
 windows of ``ranker_days`` before those days add their examples the same way (each from a copy
 fitted on the events before it), for more customers, above all cold ones, per coefficient set
-(the tuning uses two windows). Two coefficient sets are learned:
+(an option: the tuning keeps one window, see bench/README.md). Two coefficient sets are learned:
 ``new`` (candidates and labels leave out what the customer had bought before, as
 ``filter_seen`` does) and ``all`` (repeat purchases count), each also learned from the cold
 customers' examples alone (``new-cold``, ``all-cold``: at most ``cold_orders`` orders before the

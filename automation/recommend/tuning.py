@@ -52,7 +52,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "ease": [
         {"lam": lam, "half_life": hl} for lam in (100.0, 300.0, 1000.0) for hl in (None, 90.0)
     ],
-    "hybrid": [{"half_life": hl, "ranker_days": 30.0, "ranker_windows": 2} for hl in (None, 90.0)],
+    "hybrid": [{"half_life": hl, "ranker_days": 30.0} for hl in (None, 90.0)],
 }
 HYBRID_STEPS: dict[str, tuple[float | str, ...]] = {
     "w_repeat": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
