@@ -20,7 +20,7 @@ from automation.ingest.keys import KeyCache
 from automation.ingest.run import BatchSource, IngestReport, PreparedBlock, commit_group
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     block: PreparedBlock
     origin: BatchSource
@@ -67,20 +67,25 @@ class GroupCommit:
         job = _Job(block, origin)
         with self._cond:
             self._queue.append(job)
-        while True:
-            with self._cond:
-                while self._busy and not job.done:
-                    self._cond.wait()
-                if job.done:
-                    return _outcome(job)
-                self._busy = True
-                group = self._take()  # the queue's head: this job or ones queued before it
-            try:
-                self._commit(group)
-            finally:
+        try:
+            while True:
                 with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+                    while self._busy and not job.done:
+                        self._cond.wait()
+                    if job.done:
+                        return _outcome(job)
+                    self._busy = True
+                    group = self._take()  # the queue's head: this job or ones queued before it
+                try:
+                    self._commit(group)
+                finally:
+                    with self._cond:
+                        self._busy = False
+                        self._cond.notify_all()
+        except BaseException:  # interrupted: a request that failed is never stored later
+            with self._cond:
+                self._queue = [j for j in self._queue if j is not job]
+            raise
 
     def _take(self) -> list[_Job]:
         """The queue's head up to ``max_events`` (at least one job); the caller holds the lock."""
