@@ -47,9 +47,13 @@ class GroupCommit:
 
     Examples
     --------
-    >>> from automation.store.db import connect_engine  # doctest: +SKIP
-    >>> commits = GroupCommit(connect_engine("sqlite://"), KeyCache())  # doctest: +SKIP
+    One per server process (``ServiceState.commits``); each request thread prepares its block
+    (:func:`automation.ingest.run.prepare_block`) and submits it:
+
+    >>> from automation.store.db import open_store
+    >>> commits = GroupCommit(open_store("sqlite://"), KeyCache())
     >>> commits.submit(block, origin).accepted  # doctest: +SKIP
+    2000
     """
 
     def __init__(self, engine: Engine, keys: KeyCache, max_events: int = 20_000) -> None:
