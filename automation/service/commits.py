@@ -12,7 +12,7 @@ only.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
@@ -26,7 +26,10 @@ class _Job:
     origin: BatchSource
     report: IngestReport | None = None
     error: BaseException | None = None
-    done: bool = field(default=False)
+
+    @property
+    def done(self) -> bool:
+        return self.report is not None or self.error is not None
 
     @property
     def events(self) -> int:
@@ -110,17 +113,17 @@ class GroupCommit:
             )
         except Exception as exc:  # noqa: BLE001  (each request raises its own error)
             if len(group) == 1:
-                group[0].error, group[0].done = exc, True
+                group[0].error = exc
             else:  # find the block at fault: one transaction each
                 for j in group:
                     self._commit([j])
             return
         except BaseException as exc:  # interrupted: nobody waits for ever
             for j in group:
-                j.error, j.done = exc, True
+                j.error = exc
             raise
         for j, report in zip(group, reports, strict=True):
-            j.report, j.done = report, True
+            j.report = report
 
 
 def _outcome(job: _Job) -> IngestReport:
