@@ -128,10 +128,15 @@ class _Step:
     def add(self, kind: str, segments: list[str], evidence: dict[str, Any]) -> None:
         self.out.append({"type": kind, "segments": segments, "evidence": evidence})
 
-    def child(self, members: np.ndarray, bimod: float = 0.0) -> str:
+    def child(self, members: np.ndarray, bimod: float = 0.0, split_of: str | None = None) -> str:
+        """A new segment of ``members``; ``split_of``: the parent of a behaviour split, whose
+        profile pools the child's active members for the behaviour window (see _in_behaviour)."""
         sid = self.new_id()
         self.labels[members] = sid
-        self.seg.segments_.append(_stats(sid, self.X[members], bimod))
+        stats = _stats(sid, self.X[members], bimod)
+        if split_of is not None:
+            stats.origin = {"parent": split_of, "pool": self.p.behaviour.window}
+        self.seg.segments_.append(stats)
         return sid
 
     def touched(self) -> set[str]:
@@ -277,10 +282,9 @@ def _in_behaviour(st: _Step, counts: np.ndarray) -> None:
         members = rows[mask & high]
         if evidence is None or len(members) < st.p.birth_min_size or mask.sum() < 2 * st.min_size:
             continue
-        child = st.child(members)
+        child = st.child(members, split_of=s.segment_id)
         lab[mask & high] = child
         st.seg.segments_[-1].follow = {"parent": s.segment_id, "cut": bp.split_value_gap}
-        st.seg.segments_[-1].origin = {"parent": s.segment_id, "pool": bp.window}
         evidence.update(value_rise=bp.split_value_gap, size=int(len(members)))
         st.add("split", [s.segment_id, child], evidence)
         s.high_share = []
@@ -389,9 +393,7 @@ def _behaviour(st: _Step) -> None:
             _restart(s, size)
             continue
         kind, members, evidence = group
-        child = st.child(members)
-        if kind == "split":
-            st.seg.segments_[-1].origin = {"parent": s.segment_id, "pool": st.p.behaviour.window}
+        child = st.child(members, split_of=s.segment_id if kind == "split" else None)
         st.add(kind, [child] if kind == "born" else [s.segment_id, child], evidence)
         _restart(s, int((st.labels == s.segment_id).sum()))
 
